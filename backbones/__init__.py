@@ -1,0 +1,8 @@
+"""The shared ViT and the pieces that turn it into detection and segmentation backbones.
+
+Framework-free: imports neither Detectron2 nor MMSegmentation.
+"""
+from backbones.vit import VIT_ARCHS, VisionTransformer, build_vit
+from backbones.loading import load_pretrained
+
+__all__ = ["VIT_ARCHS", "VisionTransformer", "build_vit", "load_pretrained"]

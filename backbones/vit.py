@@ -1,0 +1,190 @@
+"""The one Vision Transformer that pretraining, detection and segmentation share.
+
+Built from timm layers (PatchEmbed, Mlp, DropPath) with the parameter names of the official MAE
+and timm ViTs (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.{i}.norm1``,
+``blocks.{i}.attn.qkv`` ...), so released MAE checkpoints load without renaming. With global
+attention and no relative bias it computes exactly timm's ``VisionTransformer.forward_features``.
+
+Downstream options: any input size divisible by the patch size (``pos_embed`` resized bicubically
+from the pretraining grid), window attention with a list of global blocks, decomposed relative
+position bias, drop path, activation checkpointing, fused attention.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from torch.utils.checkpoint import checkpoint
+
+from backbones.attention import Attention
+from tools.pos_embed import resize_pos_embed, sincos_2d
+
+#: Named architectures: (patch_size, embed_dim, depth, num_heads). Tiny/mini exist for CPU runs.
+VIT_ARCHS: Dict[str, Dict[str, int]] = {
+    "vit_mini_patch16": dict(patch_size=16, embed_dim=64, depth=4, num_heads=4),
+    "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+def _pair(v) -> Tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + drop_path(attn(norm1(x)))``, then the MLP likewise."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0, norm_layer=nn.LayerNorm, window_size: int = 0,
+                 rel_pos_grid: Optional[Tuple[int, int]] = None, fused_attn: bool = True):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, window_size=window_size,
+                              rel_pos_grid=rel_pos_grid, fused=fused_attn)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int], num_prefix: int) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), grid, num_prefix))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder; see the module docstring. ``arch`` records the config for checkpoint metadata."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans: int = 3, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop_path_rate: float = 0.0, window_size: int = 0,
+                 global_blocks: Sequence[int] = (), use_rel_pos: bool = False,
+                 use_cls_token: bool = True, final_norm: bool = True,
+                 grad_checkpointing: bool = False, fused_attn: bool = True,
+                 norm_eps: float = 1e-6):
+        super().__init__()
+        self.arch = dict(img_size=_pair(img_size), patch_size=_pair(patch_size), in_chans=in_chans,
+                         embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                         mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, window_size=window_size,
+                         global_blocks=list(global_blocks), use_rel_pos=use_rel_pos,
+                         use_cls_token=use_cls_token, final_norm=final_norm)
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.patch_size = _pair(patch_size)
+        self.pretrain_grid = tuple(s // p for s, p in zip(_pair(img_size), self.patch_size))
+        self.num_prefix_tokens = 1 if use_cls_token else 0
+        self.grad_checkpointing = grad_checkpointing
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                      embed_dim=embed_dim, output_fmt="NHWC",
+                                      strict_img_size=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
+        # pos_embed always keeps the cls slot, as in MAE checkpoints, so the shapes match them.
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.pretrain_grid, num_prefix=1))
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        global_set = set(global_blocks)
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], norm_layer,
+                  window_size=0 if i in global_set else window_size,
+                  rel_pos_grid=self.pretrain_grid if use_rel_pos else None,
+                  fused_attn=fused_attn)
+            for i in range(depth)])
+        self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
+        self._init_weights()
+
+    # --------------------------------------------------------------------------------- init
+    def _init_weights(self) -> None:
+        """MAE's init: xavier-uniform linears (patch embed as a linear), cls token N(0, 0.02)."""
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if self.cls_token is not None:
+            trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def set_fused_attn(self, fused: bool) -> None:
+        """Switch every block between the fused kernel and explicit softmax attention."""
+        for blk in self.blocks:
+            blk.attn.fused = fused
+
+    # ------------------------------------------------------------------------------ forward
+    def abs_pos(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """``pos_embed`` for a ``grid`` of patches (cls slot first), resized bicubically if needed."""
+        return resize_pos_embed(self.pos_embed, grid, self.pretrain_grid, num_prefix=1)
+
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Image ``(B, C, H, W)`` -> tokens ``(B, P + h*w, D)`` with position embeddings, and (h, w)."""
+        patches = self.patch_embed(x)  # (B, h, w, D)
+        b, h, w, d = patches.shape
+        pos = self.abs_pos((h, w))
+        tokens = patches.reshape(b, h * w, d) + pos[:, 1:]
+        if self.cls_token is not None:
+            cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
+            tokens = torch.cat([cls, tokens], dim=1)
+        return tokens, (h, w)
+
+    def run_block(self, i: int, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        blk = self.blocks[i]
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(blk, x, grid, self.num_prefix_tokens, use_reentrant=False)
+        return blk(x, grid, self.num_prefix_tokens)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final normed tokens ``(B, P + N, D)``, the cls token first when the model has one."""
+        tokens, grid = self.embed(x)
+        for i in range(self.depth):
+            tokens = self.run_block(i, tokens, grid)
+        return self.norm(tokens)
+
+    def forward_maps(self, x: torch.Tensor, out_indices: Optional[Sequence[int]] = None
+                     ) -> List[torch.Tensor]:
+        """Patch-token maps ``(B, D, h, w)`` after each block in ``out_indices`` (default: last).
+
+        What the detection and segmentation adapters consume; prefix tokens are dropped and the
+        final norm (if any) is applied to the last block's output only.
+        """
+        out_indices = [self.depth - 1] if out_indices is None else list(out_indices)
+        tokens, (h, w) = self.embed(x)
+        maps = []
+        for i in range(max(out_indices) + 1):
+            tokens = self.run_block(i, tokens, (h, w))
+            if i in out_indices:
+                out = self.norm(tokens) if i == self.depth - 1 else tokens
+                out = out[:, self.num_prefix_tokens:]
+                maps.append(out.transpose(1, 2).reshape(out.shape[0], -1, h, w))
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
+
+    def no_weight_decay(self) -> set:
+        return {"pos_embed", "cls_token"}
+
+
+def build_vit(name: str = "vit_base_patch16", img_size=224, **overrides) -> VisionTransformer:
+    """Build a named ViT (``VIT_ARCHS``) at ``img_size``; any constructor argument can be overridden.
+
+    ``build_vit('custom', patch_size=8, embed_dim=96, depth=3, num_heads=3)`` builds an unnamed
+    size: with overrides for all four architecture numbers the name is only a label.
+    """
+    arch_keys = {"patch_size", "embed_dim", "depth", "num_heads"}
+    if name in VIT_ARCHS:
+        kwargs = dict(VIT_ARCHS[name])
+    elif arch_keys <= overrides.keys():
+        kwargs = {}
+    else:
+        raise ValueError(f"unknown ViT {name!r}: choose one of {sorted(VIT_ARCHS)} or give "
+                         f"{sorted(arch_keys)} as overrides")
+    kwargs.update(overrides)
+    return VisionTransformer(img_size=img_size, **kwargs)

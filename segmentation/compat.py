@@ -1,0 +1,38 @@
+"""Make MMSegmentation 1.2.2 run on mmcv-lite and torch >= 2.6.
+
+Import this module before ``mmseg``; every fix is a no-op where not needed:
+
+- mmcv-lite has no ``mmcv._ext``, yet ``mmseg.models``/``.utils``/``.datasets``/``.apis`` import
+  ``mmcv.ops`` at import time -> ``ModuleNotFoundError: No module named 'mmcv._ext'``. A stand-in
+  (with a loader-less ``__spec__``, so mmengine's is-mmcv-full probe reads "lite" and does not
+  crash) lets everything import; UperNet, FCN, PSP and ASPP call no compiled op. A compiled mmcv
+  is detected and used as is.
+- torch >= 2.6 loads with ``weights_only=True`` by default, and MMEngine Runner checkpoints (message
+  hub, numpy arrays) then fail on ``resume`` / ``load_from`` / test with ``UnpicklingError``. Only
+  MMEngine's own local checkpoint loader is switched to ``weights_only=False``; pretrained weights
+  that users hand in go through ``backbones.load_pretrained`` (``weights_only=True``).
+"""
+from __future__ import annotations
+
+import os.path as osp
+
+import torch
+
+from tools.stand_in import install_stand_in
+
+HAS_STAND_IN_EXTENSION = install_stand_in("mmcv._ext")
+
+
+def _register_runner_checkpoint_loader() -> None:
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_runner_checkpoint(filename, map_location):
+        filename = osp.expanduser(filename)
+        if not osp.isfile(filename):
+            raise FileNotFoundError(f"{filename} can not be found.")
+        return torch.load(filename, map_location=map_location, weights_only=False)
+
+    CheckpointLoader.register_scheme(prefixes="", loader=load_runner_checkpoint, force=True)
+
+
+_register_runner_checkpoint_loader()

@@ -1,0 +1,41 @@
+"""mae-transfer: MAE pretraining -> ViTDet Mask R-CNN (Detectron2) and UperNet (MMSegmentation).
+
+Install with ``bash tools/install.sh`` (see README): Detectron2 and the mmcv flavour need steps that
+pip metadata cannot express, so they are handled by that script rather than ``install_requires``.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="mae-transfer",
+    version="0.1.0",
+    description="One ViT from MAE pretraining to Detectron2 detection and MMSeg segmentation",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["backbones*", "pretrain*", "detection*", "segmentation*",
+                                    "tools*"]),
+    package_data={"detection": ["configs/*.py"], "segmentation": ["configs/*.py"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "timm>=1.0",
+        "safetensors",
+        "tensorboard",
+        "pycocotools",
+        "fvcore",
+        "mmengine==0.10.7",
+        "mmsegmentation==1.2.2",   # its metadata does not list mmcv/mmengine: we do
+        "ftfy",                    # mmseg imports these at import time
+        "regex",
+        "setuptools>=77.0.3,<82",  # mmengine resolves `mmseg::` configs through pkg_resources
+        "Pillow",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        # mmcv without compiled ops is enough for UperNet; a compiled mmcv 2.1.0 works too.
+        # mmseg 1.2.2 refuses mmcv >= 2.2 at import time.
+        "lite": ["mmcv-lite==2.1.0"],
+        "test": ["pytest"],
+    },
+)

@@ -1,0 +1,148 @@
+"""Reading and writing ViT checkpoints in every format the toolkit meets.
+
+Canonical ("ours") format: a plain tensor state dict with the official MAE / timm parameter names
+(``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.{i}.*``, ``norm.*``), stored as
+safetensors (preferred; metadata as JSON under the ``mae_transfer`` key) or ``.pth``
+(``{'model': state_dict, 'meta': {...}}``).
+
+Readers also accept: official MAE releases and MAE training checkpoints (``{'model': ...}`` with or
+without ``decoder_*``/``mask_token``), timm state dicts, Detectron2 exports (``backbone.net.``
+prefix, ``{'model': ...}``) and MMSeg exports (``backbone.`` prefix, ``{'state_dict': ...}``).
+
+Files are read with ``weights_only=True``: a pickle that would run code is refused, never executed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+
+StateDict = Dict[str, torch.Tensor]
+FORMATS = ("ours", "timm", "detectron2", "mmseg")
+META_KEY = "mae_transfer"
+#: Keys of the MAE decoder that an encoder never uses: dropped (and reported) on load.
+DECODER_KEY = re.compile(r"^(decoder_|mask_token$)")
+#: Framework prefixes, most specific first: Detectron2's ``backbone.net.``, MMSeg's ``backbone.``.
+BACKBONE_PREFIXES = ("backbone.net.", "backbone.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line that says why."""
+
+
+def _torch_load(path: Path):
+    # argparse.Namespace is a plain data holder that official MAE training checkpoints pickle
+    # (``args``); allowing it keeps weights_only's guarantee that no code runs.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Tuple[StateDict, dict]:
+    """Return ``(tensor state dict, metadata)`` of any supported file, unwrapping containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
+    meta: dict = {}
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                raw_meta = f.metadata() or {}
+                obj = {k: f.get_tensor(k) for k in f.keys()}
+            meta = json.loads(raw_meta.get(META_KEY, "{}"))
+        else:
+            obj = _torch_load(path)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it pickles Python objects that could run code "
+            f"(weights_only=True rejected it: {first[:200]})") from exc
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            Exception) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+                              ) from exc
+    return _unwrap(obj, path, meta)
+
+
+def _unwrap(obj, path: Path, meta: dict) -> Tuple[StateDict, dict]:
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    if isinstance(obj.get("meta"), dict):
+        meta = {**obj["meta"], **meta}
+    for container in ("model", "state_dict", "module"):
+        if isinstance(obj.get(container), dict):
+            obj = obj[container]
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{path} holds no tensors (keys: {sorted(obj)[:8]})")
+    return state, meta
+
+
+def split_encoder(state: StateDict) -> Tuple[StateDict, List[str]]:
+    """Strip framework / DDP prefixes and drop MAE decoder keys: ``(encoder state, dropped keys)``.
+
+    When a file holds a whole detector or segmentor, only its backbone keys are kept; the rest
+    (heads, pyramids) are returned as dropped so the caller can report them.
+    """
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    dropped: List[str] = []
+    for prefix in BACKBONE_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            dropped += [k for k in state if not k.startswith(prefix)]
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    dropped += [k for k in state if DECODER_KEY.match(k)]
+    state = {k: v for k, v in state.items() if not DECODER_KEY.match(k)}
+    return state, dropped
+
+
+def describe_architecture(state: StateDict) -> str:
+    """A short human description (width, depth, patch) of a ViT state dict, for error messages."""
+    parts = []
+    w = state.get("patch_embed.proj.weight")
+    if w is not None and w.ndim == 4:
+        parts.append(f"embed_dim {w.shape[0]}, patch {w.shape[2]}")
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if blocks:
+        parts.append(f"depth {max(blocks) + 1}")
+    return ", ".join(parts) or "not a recognisable ViT"
+
+
+def write_checkpoint(state: StateDict, path: str | os.PathLike, fmt: str = "ours",
+                     meta: dict | None = None) -> Path:
+    """Write an encoder state dict in ``fmt`` (one of ``FORMATS``) atomically (temp + rename)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".safetensors":
+        if fmt in ("detectron2", "mmseg"):
+            raise ValueError(f"{fmt} loads .pth files; give the output a .pth name")
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    else:
+        if fmt == "ours":
+            obj = {"model": dict(state), "meta": meta}
+        elif fmt == "timm":
+            obj = dict(state)
+        elif fmt == "detectron2":
+            obj = {"model": {f"backbone.net.{k}": v for k, v in state.items()}, "meta": meta}
+        else:  # mmseg
+            obj = {"state_dict": {f"backbone.{k}": v for k, v in state.items()}, "meta": meta}
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path

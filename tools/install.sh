@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install mae-transfer and everything it needs into the current Python environment.
+#
+#   bash tools/install.sh            # torch (if missing), this package, mmcv-lite, detectron2
+#
+# Why a script and not just `pip install -e .`:
+#  - torch: an existing install (e.g. a CUDA build on a GPU machine) is kept; only a machine without
+#    torch gets the pinned torch 2.14.1 / torchvision 0.29.1.
+#  - mmcv: a compiled mmcv 2.1.x is kept; otherwise mmcv-lite 2.1.0 (segmentation/compat.py makes
+#    it importable by mmseg). mmseg 1.2.2 refuses mmcv >= 2.2.
+#  - detectron2: an installed one (e.g. official, built from source) is kept; otherwise
+#    tools/install_detectron2.py installs the registry's pb1-detectron2 0.6 as pure Python.
+#  - setuptools < 82 (pkg_resources) is re-pinned last: installing torch can upgrade it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+has() { "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$1') is None)"; }
+
+if ! has torch; then
+  echo "[install] torch 2.14.1 + torchvision 0.29.1"
+  pip_install "torch==2.14.1" "torchvision==0.29.1"
+fi
+extras="test"
+if ! has mmcv; then extras="$extras,lite"; fi
+echo "[install] mae-transfer (editable) with extras [$extras]"
+pip_install -e ".[$extras]"
+echo "[install] detectron2"
+"$PY" tools/install_detectron2.py
+pip_install "setuptools>=77.0.3,<82"
+"$PY" - <<'PY'
+import detection.compat, segmentation.compat  # noqa: F401  (import-order fixes first)
+import torch, timm, mmseg, mmengine, mmcv, detectron2
+print(f"[install] ok: torch {torch.__version__}, timm {timm.__version__}, mmseg {mmseg.__version__}, "
+      f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, detectron2 {detectron2.__version__}")
+PY
