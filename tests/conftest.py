@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from tools.synthetic_data import make_shapes_dataset, write_synthetic_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -30,20 +30,6 @@ def real_images() -> Path:
     return IMAGENET_SAMPLE
 
 
-def write_synthetic_images(folder: Path, count: int = 16, size=(96, 128), seed: int = 0) -> Path:
-    """Smooth random colour images (learnable structure, not noise) as JPEGs in ``folder``."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    h, w = size
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    for i in range(count):
-        f = rng.uniform(1, 6, size=(3, 2))
-        ph = rng.uniform(0, 2 * np.pi, size=3)
-        img = np.stack([np.sin(f[c, 0] * 6 * xx + f[c, 1] * 6 * yy + ph[c]) for c in range(3)], -1)
-        Image.fromarray(((img + 1) * 127.5).astype(np.uint8)).save(folder / f"img_{i:03d}.jpg")
-    return folder
-
-
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """A folder of images: a copy of 16 real ones if the shared data is present, else generated."""
@@ -54,3 +40,9 @@ def image_folder(tmp_path) -> Path:
             (dst / src.name).write_bytes(src.read_bytes())
         return dst
     return write_synthetic_images(dst)
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory) -> dict:
+    """Generated shapes set in COCO (``['coco']``) and ADE (``['ade']``) layouts: 16 train, 4 val."""
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=16, num_val=4, size=128)
