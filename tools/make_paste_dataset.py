@@ -11,8 +11,9 @@ earlier ones.
         [--train 200 --val 50 --size 160 --per-image 1-4 --scale 0.3-0.7 --classes 8 --seed 0]
 
 Writes ``DIR/coco`` (COCO instances json, polygons + boxes + visible areas), ``DIR/ade``
-(``ADEChallengeData2016`` label PNGs, 0 = background) and ``DIR/dataset.json`` (classes, which
-stamp files went to which split, counts, settings). Train and val share no cut-out and no
+(``ADEChallengeData2016`` label PNGs, 0 = background), ``DIR/dataset.json`` (classes, which
+stamp files went to which split, counts, settings) and ``DIR/pastes.json`` (per image: its
+background photo and the stamps pasted, in order). Train and val share no cut-out and no
 background photo. The same arguments give byte-identical files.
 
 Stamps: ``--stamps DIR`` (the ``stamps`` folder or any folder above ``usr/share/tuxpaint/stamps``),
@@ -151,7 +152,7 @@ def extract_deb(deb: Path, dest: Path) -> Path:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar:
                 path = member.name if member.name.startswith("./") else "./" + member.name
-                if (member.isfile() and path.startswith(prefix)
+                if (member.isfile() and path.startswith(prefix) and ".." not in path.split("/")
                         and path.endswith((".png", ".dat", ".svg"))):
                     rel = path[len(prefix):]
                     out = tmp / rel
@@ -188,7 +189,7 @@ def fetch_stamps(cache_dir: Path) -> Path:
         proc = download()
         if proc.returncode and hasattr(os, "geteuid") and os.geteuid() == 0:
             log.info("apt-get download failed (%s); running apt-get update once",
-                     proc.stderr.strip().splitlines()[-1:] or "?")
+                     (proc.stderr.strip().splitlines() or ["?"])[-1])
             subprocess.run(["apt-get", "update"], capture_output=True, text=True)
             proc = download()
         debs = sorted(Path(tmp).glob(f"{PACKAGE}_*.deb"))
@@ -367,7 +368,8 @@ def list_backgrounds(folder: Path, keep_lookalikes: bool = False) -> Tuple[List[
     """Background photos in ``folder`` (recursive, sorted) and how many look-alikes were left out."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise PasteDataError(f"--backgrounds {folder}: no such folder (give a folder of photos)")
+        raise PasteDataError(f"--backgrounds {folder}: no such folder (pass a folder of photos, "
+                             f"or set MAE_TRANSFER_DATA to the folder holding imagenet-sample/)")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     kept = [p for p in files if keep_lookalikes or not is_lookalike_background(p.name)]
     if not kept:
@@ -378,12 +380,14 @@ def list_backgrounds(folder: Path, keep_lookalikes: bool = False) -> Tuple[List[
 
 def split_backgrounds(files: Sequence[Path], counts: Dict[str, int],
                       seed: int) -> Dict[str, List[Path]]:
-    """Disjoint background lists per split, sized in proportion to the image counts."""
+    """Disjoint background lists per split (shuffled by ``seed``), sized in proportion to the
+    image counts; a split with more images than photos reuses them with other crops."""
+    if len(files) < 2:
+        raise PasteDataError(f"need at least 2 background photos (train and val use different "
+                             f"ones), found {len(files)}")
     order = [files[i] for i in np.random.default_rng([seed, 7]).permutation(len(files))]
-    total = sum(counts.values())
-    n_val = min(len(order) - 1, max(1, round(len(order) * counts.get("val", 0) / total)))
-    return {"val": order[:n_val], "train": order[n_val:]} if len(order) > 1 else \
-        {"val": order, "train": order}
+    n_val = min(len(order) - 1, max(1, round(len(order) * counts["val"] / sum(counts.values()))))
+    return {"train": order[n_val:], "val": order[:n_val]}
 
 
 def crop_background(path: Path, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -455,8 +459,9 @@ def place_cutout(cutout: np.ndarray, settings: PasteSettings, rng: np.random.Gen
 
 def compose_image(background: np.ndarray, picks: Sequence[Tuple[int, Stamp]],
                   cutouts: Dict[str, np.ndarray], settings: PasteSettings,
-                  rng: np.random.Generator) -> Tuple[Image.Image, List[Instance]]:
+                  rng: np.random.Generator) -> Tuple[Image.Image, List[Instance], List[Stamp]]:
     """Paste ``picks`` (class id, stamp) in order onto ``background``; later ones on top.
+    Returns the image, the instances and the stamps they came from (both in paste order).
 
     A placement is retried when it would leave an earlier instance less than
     ``settings.min_visible`` of its own area, or when its outline is empty; after
@@ -466,6 +471,7 @@ def compose_image(background: np.ndarray, picks: Sequence[Tuple[int, Stamp]],
     size = settings.size
     canvas = background.copy()
     instances: List[Instance] = []
+    used: List[Stamp] = []
     visible: List[np.ndarray] = []   # current visible mask of each pasted instance
     areas: List[int] = []            # its area when it was pasted
     for cat_id, stamp in picks:
@@ -486,10 +492,11 @@ def compose_image(background: np.ndarray, picks: Sequence[Tuple[int, Stamp]],
         region = canvas[y0:y0 + h, x0:x0 + w]
         canvas[y0:y0 + h, x0:x0 + w] = region * (1 - a) + rgba[..., :3].astype(np.float32) * a
         instances.append(Instance(cat_id, polys))
+        used.append(stamp)
         visible = [m & ~mask for m in visible] + [mask]
         areas.append(int(mask.sum()))
     image = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
-    return image, instances
+    return image, instances, used
 
 
 # ============================================================== the builder ======================
@@ -513,15 +520,20 @@ def build(cfg: BuildConfig) -> dict:
     """Build the set into ``cfg.out`` (written to ``<out>.partial`` then renamed); returns the
     dataset.json description."""
     t0 = time.time()
+    out = Path(cfg.out)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir())
+                                               or (out / "dataset.json").is_file())):
+        raise PasteDataError(f"--out {out}: exists and is not an earlier build of this script "
+                             f"(no dataset.json); give a new or empty folder")
+    counts = {"train": cfg.num_train, "val": cfg.num_val}
+    bg_files, bg_left_out = list_backgrounds(cfg.backgrounds, cfg.keep_lookalikes)
+    bg_split = split_backgrounds(bg_files, counts, cfg.seed)
     stamps, skipped = scan_stamps(cfg.stamps_root)
     log.info("%d photo stamps in %d folders; %d left out (%s)", len(stamps),
              len({s.key for s in stamps}), len(skipped), dict(Counter(skipped.values())))
     keys = choose_classes(stamps, cfg.num_classes, cfg.min_instances)
     names = [class_name(k, keys) for k in keys]
     by_split = split_stamps(stamps, keys, cfg.val_fraction, cfg.seed)
-    counts = {"train": cfg.num_train, "val": cfg.num_val}
-    bg_files, bg_left_out = list_backgrounds(cfg.backgrounds, cfg.keep_lookalikes)
-    bg_split = split_backgrounds(bg_files, counts, cfg.seed)
     log.info("classes: %s", ", ".join(f"{n} ({len(by_split['train'][k])}+"
                                        f"{len(by_split['val'][k])})" for n, k in zip(names, keys)))
 
@@ -529,24 +541,29 @@ def build(cfg: BuildConfig) -> dict:
                for split in by_split.values() for group in split.values() for s in group}
     writer = AnnotatedSetWriter(names)
     pasted = {split: Counter() for split in counts}
+    provenance: Dict[str, Dict[str, dict]] = {split: {} for split in counts}
     lo, hi = cfg.settings.per_image
     for split_idx, (split, n_images) in enumerate(counts.items()):
         pool, bgs = by_split[split], bg_split[split]
         for i in range(n_images):
             rng = np.random.default_rng([cfg.seed, split_idx, i])
-            background = crop_background(bgs[i % len(bgs)], cfg.settings.size, rng)
+            bg_path = bgs[i % len(bgs)]
+            background = crop_background(bg_path, cfg.settings.size, rng)
             picks = []
             for _ in range(int(rng.integers(lo, hi + 1))):
                 c = int(rng.integers(len(keys)))
                 group = pool[keys[c]]
                 picks.append((c + 1, group[int(rng.integers(len(group)))]))
-            image, instances = compose_image(background, picks, cutouts, cfg.settings, rng)
+            image, instances, used = compose_image(background, picks, cutouts, cfg.settings, rng)
             pasted[split].update(names[inst.category_id - 1] for inst in instances)
-            writer.add(split, f"{split}_{i:05d}.jpg", image, instances)
+            name = f"{split}_{i:05d}.jpg"
+            writer.add(split, name, image, instances)
+            provenance[split][name] = {
+                "background": bg_path.relative_to(cfg.backgrounds).as_posix(),
+                "stamps": [st.rel for st in used]}
             if (i + 1) % 100 == 0 or i + 1 == n_images:
                 log.info("%s: %d/%d images composed", split, i + 1, n_images)
 
-    out = Path(cfg.out)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -573,9 +590,11 @@ def build(cfg: BuildConfig) -> dict:
         "backgrounds_left_out": bg_left_out,
         "stamps_left_out": dict(sorted(Counter(skipped.values()).items())),
         "photo_stamps_per_folder": dict(sorted(Counter(s.key for s in stamps).items())),
-        "layouts": {"coco": "coco", "ade": "ade/ADEChallengeData2016"},
+        "layouts": {"coco": "coco", "ade": "ade/ADEChallengeData2016",
+                    "pastes": "pastes.json (per image: background photo, stamps in paste order)"},
     }
     (tmp / "dataset.json").write_text(json.dumps(description, indent=1) + "\n")
+    (tmp / "pastes.json").write_text(json.dumps(provenance, indent=0) + "\n")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -615,7 +634,8 @@ def default_backgrounds() -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="output folder (replaced if present)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder (an earlier build there is replaced); required to build")
     ap.add_argument("--backgrounds", type=Path, default=default_backgrounds(),
                     help="folder of real photos to paste onto")
     ap.add_argument("--stamps", type=Path, default=None,
@@ -644,8 +664,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
+        if args.out is None and not args.fetch_only:
+            raise PasteDataError("--out DIR is required (or --fetch-only)")
         if args.train < 1 or args.val < 1 or args.size < 16 or args.classes < 1:
             raise PasteDataError("--train, --val, --classes must be >= 1 and --size >= 16")
+        if args.scale[1] > 1:
+            raise PasteDataError(f"--scale: the upper bound is a fraction of the image side "
+                                 f"(<= 1), got {args.scale[1]}")
         if not 0 < args.val_fraction < 1 or args.min_instances < 2:
             raise PasteDataError("--val-fraction must be in (0, 1), --min-instances >= 2")
         root = resolve_stamps(args.stamps, args.deb, args.cache)
