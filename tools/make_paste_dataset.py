@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -499,6 +499,50 @@ def compose_image(background: np.ndarray, picks: Sequence[Tuple[int, Stamp]],
     return image, instances, used
 
 
+# ============================================================== generated stand-in stamps =======
+
+GENERATED_CLASSES = {"animals/discs": (200, 60, 50), "food/boxes": (60, 170, 80),
+                     "plants/stars": (70, 90, 210)}
+
+
+def generated_cutout(kind: str, width: int, height: int, colour, rng: np.random.Generator
+                     ) -> Image.Image:
+    """A stand-in cut-out: a disc, a notched box or a thin-armed star with an anti-aliased alpha
+    edge, filled with ``colour`` plus per-pixel noise (so it passes the photo tests)."""
+    w4, h4 = width * 4, height * 4
+    canvas = Image.new("L", (w4, h4), 0)
+    draw = ImageDraw.Draw(canvas)
+    if kind == "discs":
+        draw.ellipse([8, 8, w4 - 8, h4 - 8], fill=255)
+    elif kind == "boxes":
+        draw.rectangle([8, 8, w4 - 8, h4 - 8], fill=255)
+        draw.rectangle([w4 // 2, 0, w4, h4 // 2], fill=0)
+    else:
+        cx, cy, r = w4 / 2, h4 / 2, min(w4, h4) / 2 - 8
+        draw.polygon([(cx + r * (1 if k % 2 == 0 else 0.35) * np.cos(a),
+                       cy + r * (1 if k % 2 == 0 else 0.35) * np.sin(a))
+                      for k, a in enumerate(np.linspace(0, 2 * np.pi, 11)[:-1])], fill=255)
+    alpha = np.asarray(canvas.resize((width, height), Image.BILINEAR))
+    rgb = np.clip(np.asarray(colour, np.float64) + rng.normal(0, 25, (height, width, 3)), 0, 255)
+    return Image.fromarray(np.dstack([rgb.astype(np.uint8), alpha]), "RGBA")
+
+
+def write_generated_stamps(root: Path, per_class: Sequence[int] = (5, 4, 3), seed: int = 0) -> Path:
+    """Stand-in stamps in Tux Paint's layout (``GENERATED_CLASSES``; each file its own colour, so
+    none is a duplicate), for smoke runs and CI where the package cannot be fetched. Not real
+    pixels: never use them for the measured end-to-end result."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for (folder, colour), n in zip(GENERATED_CLASSES.items(), per_class):
+        kind = folder.split("/")[-1]
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            w, h = int(rng.integers(70, 110)), int(rng.integers(70, 110))
+            generated_cutout(kind, w, h, np.asarray(colour) + 25 * i, rng).save(
+                root / folder / f"{kind}{i}.png")
+    return root
+
+
 # ============================================================== the builder ======================
 
 @dataclass
@@ -640,6 +684,9 @@ def main(argv=None) -> int:
                     help="folder of real photos to paste onto")
     ap.add_argument("--stamps", type=Path, default=None,
                     help="Tux Paint stamps folder (or a folder above usr/share/tuxpaint/stamps)")
+    ap.add_argument("--generated-stamps", type=Path, default=None, metavar="DIR",
+                    help="write stand-in shape cut-outs into DIR and use them (smoke runs / CI "
+                         "without the package; not real pixels)")
     ap.add_argument("--deb", type=Path, default=None,
                     help=f"a downloaded {PACKAGE} .deb to extract into the cache")
     ap.add_argument("--cache", type=Path, default=default_cache_dir(),
@@ -673,6 +720,8 @@ def main(argv=None) -> int:
                                  f"(<= 1), got {args.scale[1]}")
         if not 0 < args.val_fraction < 1 or args.min_instances < 2:
             raise PasteDataError("--val-fraction must be in (0, 1), --min-instances >= 2")
+        if args.generated_stamps is not None:
+            args.stamps = write_generated_stamps(args.generated_stamps, seed=args.seed)
         root = resolve_stamps(args.stamps, args.deb, args.cache)
         if args.fetch_only:
             print(root)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -26,48 +26,17 @@ from tools.synthetic_data import write_synthetic_images
 CLASS_FOLDERS = {"animals/discs": 5, "food/boxes": 4, "plants/stars": 3}
 
 
-def _shape_alpha(kind: str, w: int, h: int) -> np.ndarray:
-    """A soft-edged alpha mask: disc, box with a notch, or a thin-armed star."""
-    canvas = Image.new("L", (w * 4, h * 4), 0)
-    d = ImageDraw.Draw(canvas)
-    if kind == "discs":
-        d.ellipse([8, 8, w * 4 - 8, h * 4 - 8], fill=255)
-    elif kind == "boxes":
-        d.rectangle([8, 8, w * 4 - 8, h * 4 - 8], fill=255)
-        d.rectangle([w * 2, 0, w * 4, h * 2], fill=0)           # notch: not convex
-    else:
-        cx, cy, r = w * 2, h * 2, min(w, h) * 2 - 8
-        angles = np.linspace(0, 2 * np.pi, 11)[:-1]
-        pts = [(cx + (r if k % 2 == 0 else r * 0.35) * np.cos(a),
-                cy + (r if k % 2 == 0 else r * 0.35) * np.sin(a)) for k, a in enumerate(angles)]
-        d.polygon(pts, fill=255)
-    return np.asarray(canvas.resize((w, h), Image.BILINEAR))   # anti-aliased edge
-
-
-def _textured_rgba(rng, kind: str, w: int, h: int, base) -> Image.Image:
-    """Photo-like cut-out: a class colour with per-pixel noise (so it is not 'flat')."""
-    rgb = np.clip(np.array(base)[None, None] + rng.normal(0, 25, (h, w, 3)), 0, 255)
-    return Image.fromarray(np.dstack([rgb.astype(np.uint8), _shape_alpha(kind, w, h)]), "RGBA")
-
-
 @pytest.fixture(scope="module")
 def stamp_root(tmp_path_factory) -> Path:
     """Stamps in Tux Paint's layout: 3 photo classes, and one stamp for each exclusion rule."""
     root = tmp_path_factory.mktemp("stamps") / "usr/share/tuxpaint/stamps"
-    rng = np.random.default_rng(0)
-    colours = {"discs": (200, 60, 50), "boxes": (60, 170, 80), "stars": (70, 90, 210)}
-    for folder, n in CLASS_FOLDERS.items():
-        kind = folder.split("/")[-1]
-        (root / folder).mkdir(parents=True)
-        for i in range(n):
-            w, h = int(rng.integers(70, 110)), int(rng.integers(70, 110))
-            colour = np.array(colours[kind]) + 25 * i   # distinct photos, not duplicates
-            _textured_rgba(rng, kind, w, h, colour).save(root / folder / f"{kind}{i}.png")
+    mpd.write_generated_stamps(root, per_class=[CLASS_FOLDERS[k] for k in mpd.GENERATED_CLASSES])
+    rng = np.random.default_rng(1)
     boxes = root / "food/boxes"
     (boxes / "boxes0.dat").write_text("nomirror\n")
     Image.open(boxes / "boxes1.png").transpose(Image.FLIP_LEFT_RIGHT).save(
         boxes / "boxes1_mirror.png")                                   # duplicate (mirror twin)
-    stamp = lambda: _textured_rgba(rng, "discs", 80, 80, (128, 128, 128))  # noqa: E731
+    stamp = lambda: mpd.generated_cutout("discs", 80, 80, (128, 128, 128), rng)  # noqa: E731
     for rel in ("symbols/alphabets/a.png", "seasonal/easter/egg.png",
                 "animals/cartoon/drawn.png", "animals/discs/cartoon/drawn2.png",
                 "food/loose.png"):
@@ -83,7 +52,7 @@ def stamp_root(tmp_path_factory) -> Path:
     glow[..., 3] = 60
     glow[30:40, 30:40, 3] = 255
     Image.fromarray(glow, "RGBA").save(root / "plants/stars/glow.png")
-    _textured_rgba(rng, "discs", 30, 30, (128, 128, 128)).save(root / "animals/discs/tiny.png")
+    mpd.generated_cutout("discs", 30, 30, (128, 128, 128), rng).save(root / "animals/discs/tiny.png")
     (root / "town/roadsigns").mkdir(parents=True)
     stamp().save(root / "town/roadsigns/sign.png")
     return root
@@ -385,6 +354,16 @@ def test_cli_builds_from_the_extraction_root(tmp_path, stamp_root, backgrounds):
     assert desc["size"] == 48 and desc["seed"] == 5 and desc["per_image"] == [1, 2]
     with Image.open(tmp_path / "o/coco/images/train/train_00000.jpg") as im:
         assert im.size == (48, 48)
+
+
+def test_cli_smoke_run_with_generated_stamps(tmp_path, backgrounds):
+    rc = mpd.main(["--out", str(tmp_path / "o"), "--generated-stamps", str(tmp_path / "stamps"),
+                   "--backgrounds", str(backgrounds), "--train", "4", "--val", "2",
+                   "--size", "64", "--min-instances", "3"])
+    assert rc == 0
+    desc = json.loads((tmp_path / "o/dataset.json").read_text())
+    assert [c["name"] for c in desc["classes"]] == ["discs", "boxes", "stars"]
+    assert desc["splits"]["train"]["annotations"] > 0 and desc["splits"]["val"]["annotations"] > 0
 
 
 # ------------------------------------------------------------------ real stamps ------------------
