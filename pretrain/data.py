@@ -17,9 +17,11 @@ Design choices, each for a reason:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import signal
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -217,6 +219,17 @@ class ResumableSampler(Sampler):
         return (self.steps_per_epoch - self.start_step) * self.batch_size
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM/SIGUSR1.
+
+    Cluster schedulers signal every process of a job; a worker killed by it would crash the
+    main process at its next batch, before it could save. The main process handles the signal
+    (saves, stops) and then shuts its workers down itself.
+    """
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def normalize_batch(batch: torch.Tensor, device: torch.device,
                     mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
@@ -226,9 +239,16 @@ def normalize_batch(batch: torch.Tensor, device: torch.device,
     so the result has channels-last strides, the layout the patch-embedding convolution prefers.
     """
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
+    mean_t, std_t = _pixel_stats(device, tuple(mean), tuple(std))
     return (x - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_stats(device: torch.device, mean: Tuple[float, ...], std: Tuple[float, ...]):
+    """Mean and std in 0-255 units, made on the device once: a fresh ``torch.tensor(...,
+    device='cuda')`` every step would be a synchronising copy from pageable memory."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0,
+            torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0)
 
 
 def denormalize(imgs: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 
 from pretrain.checkpoint import (atomic_save, load_training_checkpoint, plain, rng_state,
                                  set_rng_state)
-from pretrain.data import DatasetError, ImageFolderMAE, ResumableSampler, normalize_batch
+from pretrain.data import (DatasetError, ImageFolderMAE, ResumableSampler, ignore_stop_signals,
+                           normalize_batch)
 from pretrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from pretrain.engine import NonFiniteLoss, Progress, StepConfig, train_one_epoch
 from pretrain.logs import MetricWriter, setup_logging
@@ -263,7 +264,8 @@ class Run:
         return DataLoader(self.dataset, batch_size=a.batch_size, sampler=self.sampler,
                           num_workers=workers, pin_memory=cuda, drop_last=False,
                           persistent_workers=workers > 0,
-                          prefetch_factor=4 if workers > 0 else None)
+                          prefetch_factor=4 if workers > 0 else None,
+                          worker_init_fn=ignore_stop_signals if workers > 0 else None)
 
     def visualize(self, writer: MetricWriter) -> None:
         a = self.args
@@ -335,6 +337,9 @@ class Run:
                     self.save(names)
                     self.visualize(writer)
                 if result.stopped:
+                    if stop_flag():
+                        logger.warning("stopped on request after %d steps; continue with "
+                                       "--resume auto", self.progress.global_step)
                     break
             if self.progress.step_in_epoch:  # stopped mid-epoch: keep the position
                 self.save([LAST])

@@ -214,3 +214,29 @@ def test_two_processes_ddp_match_one_process(repo_root, images, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
         moved += not torch.equal(a[k], init[k])
     assert moved > 10  # training really changed the weights
+
+
+def test_sigterm_saves_and_stops_cleanly(repo_root, images, tmp_path):
+    """A scheduler's SIGTERM (sent to every process, data workers included): the run saves its
+    position at the next check and exits 0; --resume auto continues from there."""
+    import signal
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pretrain.main", "--data_path", str(images), "--output_dir",
+           str(out), *TINY[:-4], "--num_workers", "2", "--batch_size", "4", "--epochs", "1000",
+           "--log_every", "1", "--vis_every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
+    proc = subprocess.Popen(cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "epoch 1/1000  step 2/" in line:
+            os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, like a scheduler
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "stopped on request" in rest
+    ckpt = load(out / "checkpoint-last.pth")
+    assert 2 <= ckpt["global_step"] < 6000
+    assert (out / "encoder.safetensors").is_file()
