@@ -45,6 +45,11 @@ if [[ $opts != *" --nnodes"* && $opts != *" --rdzv"* && $opts != *" --master"* \
   launcher=(--standalone "${launcher[@]}")
 fi
 if [[ $opts != *" --nproc_per_node"* && $opts != *" --nproc-per-node"* ]]; then
-  if ((on_cpu)); then launcher+=(--nproc_per_node 1); else launcher+=(--nproc_per_node gpu); fi
+  # One process per GPU; one process where there is no GPU (main.py then picks the CPU).
+  if ((!on_cpu)) && command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q GPU; then
+    launcher+=(--nproc_per_node gpu)
+  else
+    launcher+=(--nproc_per_node 1)
+  fi
 fi
 exec "$PY" -m torch.distributed.run "${launcher[@]}" -m pretrain.main "${train[@]}"
