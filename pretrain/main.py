@@ -35,7 +35,8 @@ from pretrain.data import (DatasetError, ImageFolderMAE, ResumableSampler, ignor
 from pretrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from pretrain.engine import NonFiniteLoss, Progress, StepConfig, train_one_epoch
 from pretrain.logs import MetricWriter, setup_logging
-from pretrain.model import MAE_MODELS, MaskedAutoencoderViT, build_mae, encoder_name
+from pretrain.model import (MAE_MODELS, MaskedAutoencoderViT, build_mae, encoder_name,
+                           mae_config)
 from pretrain.schedule import effective_lr, lr_at
 from pretrain.visualize import reconstruction_rows, save_png
 from tools.checkpoints import CheckpointError, write_checkpoint
@@ -105,6 +106,10 @@ def validate(args: argparse.Namespace) -> None:
                          f"({args.accum_iter}), got {args.max_steps}")
     if not 0.0 <= args.mask_ratio < 1.0:
         raise ValueError(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}")
+    patch = mae_config(args.model)["patch_size"]
+    if args.input_size % patch:
+        raise ValueError(f"--input_size {args.input_size} is not a multiple of {args.model}'s "
+                         f"patch size {patch}")
 
 
 def build_model(args: argparse.Namespace) -> MaskedAutoencoderViT:

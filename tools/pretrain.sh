@@ -35,7 +35,9 @@ for ((i = 0; i < ${#train[@]}; i++)); do
   esac
 done
 
-if ((${#launcher[@]} == 0)) && ((on_cpu)); then
+wants_help=0
+for a in "${train[@]}"; do [[ $a == -h || $a == --help ]] && wants_help=1; done
+if ((${#launcher[@]} == 0)) && ((on_cpu || wants_help)); then
   exec "$PY" -m pretrain.main "${train[@]}"
 fi
 
