@@ -181,9 +181,9 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
     peak = peak_tflops(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    amp = args.amp if args.amp is not None else device.type == "cuda"
     print(f"{args.model}, {args.input_size} px, batch {args.batch_size}, mask {args.mask_ratio}, "
-          f"{name}, amp {'bf16' if (args.amp if args.amp is not None else device.type == 'cuda') else 'off'}"
-          f", compile {args.compile}")
+          f"{name}, amp {'bf16' if amp else 'off'}, compile {args.compile}")
     results = {"model": args.model, "device": name, "batch_size": args.batch_size,
                "input_size": args.input_size, "compile": args.compile}
     variants = [("visible_only", False)] + ([] if args.skip_all_patches

@@ -87,7 +87,7 @@ def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint written by ``atomic_save`` (weights_only: no code runs); one-line errors."""
+    """Read a training checkpoint (weights_only: no code runs); errors are one line."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint to resume at {path}")

@@ -124,8 +124,8 @@ def sample_rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Gene
 class ImageFolderMAE(Dataset):
     """Images under ``root`` (recursively) with MAE's augmentation and per-sample mask noise.
 
-    ``__getitem__((epoch, index))`` returns ``(uint8 image (S, S, 3), float32 noise (num_patches,))``;
-    a plain ``index`` means epoch 0. With ``num_patches=0`` the noise is an empty tensor.
+    ``__getitem__((epoch, index))`` returns a uint8 image ``(S, S, 3)`` and float32 mask noise
+    ``(num_patches,)``; a plain ``index`` means epoch 0. With ``num_patches=0`` the noise is an empty tensor.
     """
 
     def __init__(self, root: str | os.PathLike, input_size: int = 224, num_patches: int = 0,

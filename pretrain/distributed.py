@@ -32,7 +32,7 @@ class DistInfo:
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
-    """``cuda`` -> this process's GPU; ``cpu`` -> CPU; a clear error if CUDA was asked for in vain."""
+    """``cuda`` -> this process's GPU, ``cpu`` -> CPU; a clear error if CUDA is missing."""
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError("--device cuda was given but no CUDA GPU is available "

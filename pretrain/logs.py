@@ -17,7 +17,7 @@ LOGGER_NAME = "mae_transfer"
 
 
 def setup_logging(output_dir: Optional[Path], rank: int) -> logging.Logger:
-    """Configure the ``mae_transfer`` logger hierarchy for this process; returns the pretrain logger."""
+    """Configure the ``mae_transfer`` loggers of this process; returns the pretrain logger."""
     root = logging.getLogger(LOGGER_NAME)
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -47,7 +47,7 @@ class MetricWriter:
         if enabled and log_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is a dependency, but a missing one must not stop a run
+            except ImportError:  # a dependency, but its absence must not stop a run
                 logging.getLogger(LOGGER_NAME).warning("tensorboard is not installed: "
                                                        "no TensorBoard scalars")
             else:

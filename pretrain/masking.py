@@ -30,7 +30,7 @@ def patchify(imgs: torch.Tensor, patch_size: Tuple[int, int]) -> torch.Tensor:
 
 def unpatchify(patches: torch.Tensor, patch_size: Tuple[int, int], grid: Tuple[int, int],
                channels: int = 3) -> torch.Tensor:
-    """Patch pixels ``(B, h*w, ph*pw*C)`` -> images ``(B, C, h*ph, w*pw)``; inverse of ``patchify``."""
+    """Patch pixels ``(B, h*w, ph*pw*C)`` -> images ``(B, C, h*ph, w*pw)``; undoes ``patchify``."""
     b = patches.shape[0]
     (ph, pw), (h, w) = patch_size, grid
     if patches.shape[1:] != (h * w, ph * pw * channels):

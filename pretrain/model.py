@@ -222,5 +222,5 @@ def mae_from_config(config: dict) -> MaskedAutoencoderViT:
 
 
 def encoder_name(mae_name: str) -> str:
-    """The ``build_vit`` name of a named MAE's encoder (``mae_vit_base_patch16`` -> ``vit_base_patch16``)."""
+    """``build_vit`` name of a named MAE's encoder: ``mae_vit_base_patch16`` -> ``vit_base_patch16``."""
     return MAE_MODELS[mae_name][0]

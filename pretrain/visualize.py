@@ -9,8 +9,6 @@ structure inside each patch is the model's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import torch
 from PIL import Image
@@ -77,6 +75,3 @@ def noise_for(batch: int, num_patches: int, seed: int = 0) -> torch.Tensor:
     """Mask noise for pictures, reproducible from ``seed``."""
     return torch.rand(batch, num_patches, generator=torch.Generator().manual_seed(seed))
 
-
-__all__: Sequence[str] = ("reconstruction_rows", "center_crop_tensor", "save_png", "noise_for",
-                          "COLUMNS")

@@ -1,4 +1,4 @@
-"""The throughput benchmark runs end to end on CPU and reports both variants (no timing asserted)."""
+"""The throughput benchmark runs on CPU and reports both variants (no timing asserted)."""
 import importlib.util
 import json
 

@@ -136,7 +136,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(images, straight_run, t
 
 def test_resume_with_another_model_is_a_clear_error(images, straight_run, tmp_path, capsys):
     status = main(["--data_path", str(images), "--output_dir", str(tmp_path), *TINY,
-                   "--batch_size", "4", "--decoder_depth", "3", "--resume", str(straight_run / "checkpoint-last.pth")])
+                   "--batch_size", "4", "--decoder_depth", "3",
+                   "--resume", str(straight_run / "checkpoint-last.pth")])
     assert status == 2
     assert "different model" in capsys.readouterr().err
 
