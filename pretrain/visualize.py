@@ -9,6 +9,7 @@ structure inside each patch is the model's.
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -74,4 +75,3 @@ def save_png(picture: np.ndarray, path: Path) -> Path:
 def noise_for(batch: int, num_patches: int, seed: int = 0) -> torch.Tensor:
     """Mask noise for pictures, reproducible from ``seed``."""
     return torch.rand(batch, num_patches, generator=torch.Generator().manual_seed(seed))
-
