@@ -1,8 +1,8 @@
 """``load_pretrained``: put any supported checkpoint into a ``VisionTransformer``.
 
 Adapts what legitimately differs between pretraining and fine-tuning (the position-embedding grid,
-a missing cls slot, the relative-position table length), refuses everything else with one clear
-line, and reports missing / unexpected / dropped keys by name, because a silent key mismatch is the
+a missing cls slot, the relative-position table length, the patch size), refuses everything else
+with one clear line, and reports missing / unexpected / dropped keys by name, because a silent key mismatch is the
 usual reason a "pretrained" model behaves like a random one.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from tools.checkpoints import (CheckpointError, StateDict, describe_architecture,
                                read_checkpoint, split_encoder)
-from tools.pos_embed import infer_grid, resize_pos_embed, resize_rel_pos
+from tools.pos_embed import infer_grid, resize_patch_kernel, resize_pos_embed, resize_rel_pos
 
 logger = logging.getLogger("mae_transfer.load")
 
@@ -59,6 +59,12 @@ def adapt_state_dict(state: StateDict, model, meta: dict | None = None, source: 
                 and v.shape[1:] == own[k].shape[1:]:
             state[k] = resize_rel_pos(v, own[k].shape[0])
             resized.append(k)
+    kernel, own_kernel = state.get("patch_embed.proj.weight"), own.get("patch_embed.proj.weight")
+    if kernel is not None and own_kernel is not None and kernel.ndim == 4 \
+            and kernel.shape[:2] == own_kernel.shape[:2] and kernel.shape != own_kernel.shape:
+        # e.g. MAE ViT-H's 14x14 patches in a detector that needs stride 16 (as ViTDet does)
+        state["patch_embed.proj.weight"] = resize_patch_kernel(kernel, own_kernel.shape[2:])
+        resized.append("patch_embed.proj.weight")
     bad = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if bad:
         examples = "; ".join(f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"

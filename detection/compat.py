@@ -9,8 +9,13 @@ Import this module before any ``detectron2`` submodule; every fix is a no-op whe
   v0.6 uses -> ``AttributeError: module 'numpy' has no attribute 'int'`` in evaluators and masks.
 - Pillow >= 10 removed ``Image.LINEAR``, a default argument in ``detectron2.data.transforms``
   -> ``AttributeError`` at import time.
+- ``collect_env_info()`` (logged by ``detectron2.engine.default_setup``) asks the extension for its
+  compiler and CUDA versions -> the stand-in's ``RuntimeError``. Without the extension those
+  questions get a plain answer ("not compiled") instead.
 """
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 from PIL import Image
@@ -26,3 +31,8 @@ if not hasattr(Image, "LINEAR"):
 
 #: True when this process runs Detectron2 without its compiled extension.
 HAS_STAND_IN_EXTENSION = install_stand_in("detectron2._C")
+if HAS_STAND_IN_EXTENSION:
+    _stand_in = sys.modules["detectron2._C"]
+    _stand_in.get_compiler_version = lambda: "not compiled (pure-Python install)"
+    _stand_in.get_cuda_version = lambda: "not compiled (pure-Python install)"
+    _stand_in.has_cuda = lambda: False

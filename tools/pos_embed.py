@@ -84,3 +84,25 @@ def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
         return table
     resized = F.interpolate(table.float().t().unsqueeze(0), size=length, mode="linear")
     return resized.squeeze(0).t().to(table.dtype)
+
+
+def resize_patch_kernel(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize a patch-embedding kernel ``(C, in, h, w)`` to ``size`` = (H, W), PI-resize style.
+
+    Why not plain interpolation of the kernel: a patch of H x W pixels holds more pixels than one
+    of h x w, so an interpolated kernel changes the token scale. PI-resize (FlexiViT, Beyer et al.
+    2023) instead solves for the kernel that gives, on a patch bilinearly resized from h x w to
+    H x W, the same token the old kernel gave on the original patch: ``w' = pinv(B)^T w``, with B
+    the (H*W, h*w) bilinear resize matrix. Exact when upsampling (e.g. MAE ViT-H's 14x14 patches
+    to the 16x16 a stride-16 detector needs), least-squares when downsampling.
+    """
+    out_ch, in_ch, h, w = weight.shape
+    new_h, new_w = int(size[0]), int(size[1])
+    if (h, w) == (new_h, new_w):
+        return weight
+    basis = torch.eye(h * w, dtype=torch.float64).reshape(h * w, 1, h, w)
+    resize = F.interpolate(basis, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    resize = resize.reshape(h * w, new_h * new_w).T  # B: (H*W, h*w)
+    flat = weight.detach().to(torch.float64).reshape(out_ch * in_ch, h * w)
+    new = flat @ torch.linalg.pinv(resize)  # rows: (pinv(B)^T w)^T
+    return new.reshape(out_ch, in_ch, new_h, new_w).to(weight.dtype)

@@ -1,0 +1,90 @@
+"""COCO box / mask evaluation of a detector: the AP table in the log, the numbers as JSON.
+
+Runs the config's test loader and ``COCOEvaluator`` (pycocotools' own evaluation,
+``use_fast_impl=False``: the fast one needs Detectron2's compiled extension), then
+
+- logs the usual AP table (rows bbox / segm; AP, AP50, AP75, APs, APm, APl, in percent);
+- writes ``<output_dir>/inference/coco_eval_<tag>.json`` and, as the latest result,
+  ``<output_dir>/coco_eval.json``: dataset, iteration, and every metric (per category too);
+  NaN (e.g. no predictions, no small objects) becomes ``null`` so the file is strict JSON.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Dict, Optional
+
+import torch
+
+import detection.compat  # noqa: F401  (before any detectron2 import)
+from detectron2.config import instantiate
+from detectron2.evaluation import inference_on_dataset
+from detectron2.utils import comm
+from tabulate import tabulate
+
+from detection.datasets import check_num_classes
+
+logger = logging.getLogger("mae_transfer.detection")
+
+#: The summary columns of the AP table (COCOEvaluator's standard metrics).
+AP_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def format_ap_table(results: Dict[str, Dict[str, float]]) -> str:
+    """A markdown table, one row per task (bbox, segm), the ``AP_COLUMNS`` in percent."""
+    rows = []
+    for task, metrics in results.items():
+        if isinstance(metrics, dict):
+            rows.append([task] + [metrics.get(c, float("nan")) for c in AP_COLUMNS])
+    return tabulate(rows, headers=("task",) + AP_COLUMNS, tablefmt="pipe", floatfmt=".3f",
+                    missingval="nan")
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return _json_safe(value.item())
+    return value
+
+
+def write_results_json(results: dict, output_dir: str, dataset: str,
+                       iteration: Optional[int]) -> str:
+    """Write the results (see the module docstring) atomically; returns the per-run file path."""
+    payload = _json_safe({"dataset": dataset, "iteration": iteration, "results": results})
+    tag = "final" if iteration is None else f"iter{iteration:07d}"
+    folder = os.path.join(output_dir, "inference")
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, f"coco_eval_{tag}.json"), os.path.join(output_dir, "coco_eval.json")]
+    for path in paths:
+        with open(f"{path}.tmp", "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(f"{path}.tmp", path)
+    return paths[0]
+
+
+def evaluate(cfg, model: torch.nn.Module, iteration: Optional[int] = None) -> dict:
+    """Evaluate ``model`` on ``cfg.dataloader.test``; returns ``{task: {metric: value}}``."""
+    names = cfg.dataloader.test.dataset.names
+    if not isinstance(names, str):
+        if len(names) != 1:
+            raise ValueError(f"evaluate one test dataset at a time, got {list(names)}")
+        names = names[0]
+    loader = instantiate(cfg.dataloader.test)  # loading the json sets the dataset's classes
+    check_num_classes(names, cfg.model.roi_heads.num_classes)
+    output_dir = cfg.train.output_dir
+    cfg.dataloader.evaluator.output_dir = os.path.join(output_dir, "inference")
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    results = inference_on_dataset(model, loader, evaluator)
+    if comm.is_main_process():
+        when = "final" if iteration is None else f"iteration {iteration}"
+        logger.info("COCO evaluation on %s (%s):\n%s", names, when, format_ap_table(results))
+        path = write_results_json(dict(results), output_dir, names, iteration)
+        logger.info("evaluation results written to %s", path)
+    return results

@@ -1,0 +1,199 @@
+"""The training / evaluation run behind ``tools/train_det.py`` (one process per GPU).
+
+Detectron2's LazyConfig conventions: a python config with ``model``, ``dataloader`` (train, test,
+evaluator), ``optimizer``, ``lr_multiplier`` and ``train``; ``detectron2.engine`` hooks for the lr
+schedule, periodic checkpoints, periodic COCO evaluation and metric writers (log, metrics.json,
+TensorBoard). What is ours:
+
+- the optimizer's parameter groups come from ``tools.lr_decay.param_groups`` (layer decay); each
+  group's ``lr`` is already ``base lr * lr_scale``, and Detectron2's ``LRMultiplier`` multiplies
+  every group's initial lr by the schedule, so the decay survives warm-up and steps;
+- ``AutocastTrainer``: the forward under ``torch.autocast`` (bf16 by default, fp16 with a
+  GradScaler) on GPU, in fp32 on CPU; Detectron2's ``AMPTrainer`` is fp16-only, CUDA-only and its
+  API differs across versions;
+- ``train.init_checkpoint`` loads any ViT checkpoint into ``model.backbone.net``
+  (``detection.checkpointing``); ``--resume`` restores model, optimizer, scheduler, iteration;
+- optional ``train.compile``: ``torch.compile`` of each ViT block in place (names unchanged).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import torch
+
+import detection.compat  # noqa: F401  (before any detectron2 import)
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import SimpleTrainer, create_ddp_model, default_setup, default_writers
+from detectron2.engine import hooks
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
+from detection.datasets import check_num_classes, register_coco2017, register_from_spec
+from detection.evaluation import evaluate
+
+logger = logging.getLogger("mae_transfer.detection")
+
+_AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+               "float16": torch.float16, "fp16": torch.float16}
+
+
+class AutocastTrainer(SimpleTrainer):
+    """``SimpleTrainer`` whose forward runs under ``torch.autocast(device_type, amp_dtype)``.
+
+    ``amp_dtype=None`` trains in fp32. fp16 scales the loss with a GradScaler (saved in training
+    checkpoints); bf16 has fp32's range and needs none.
+    """
+
+    def __init__(self, model, data_loader, optimizer, amp_dtype: Optional[torch.dtype] = None,
+                 device_type: str = "cuda"):
+        super().__init__(model, data_loader, optimizer)
+        self.amp_dtype = amp_dtype
+        self.device_type = device_type
+        self.grad_scaler = (torch.amp.GradScaler(device_type)
+                            if amp_dtype == torch.float16 else None)
+
+    def run_step(self):
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+        if hasattr(self, "after_backward"):  # hook point of newer Detectron2 versions
+            self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+def amp_dtype(cfg) -> Optional[torch.dtype]:
+    """The autocast dtype for this run: None (fp32) unless ``train.amp.enabled`` on a GPU."""
+    amp = cfg.train.get("amp", {})
+    if not amp.get("enabled", False):
+        return None
+    if not str(cfg.train.device).startswith("cuda"):
+        logger.info("train.amp.enabled ignored: mixed precision is for GPUs; training in fp32")
+        return None
+    name = str(amp.get("dtype", "bfloat16"))
+    if name not in _AMP_DTYPES:
+        raise ValueError(f"train.amp.dtype must be one of {sorted(_AMP_DTYPES)}, got {name!r}")
+    return _AMP_DTYPES[name]
+
+
+def build_model(cfg) -> torch.nn.Module:
+    """Instantiate ``cfg.model`` on ``cfg.train.device`` (compiled blocks if ``train.compile``)."""
+    device = str(cfg.train.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={device} but no GPU is visible; pass train.device=cpu")
+    model = instantiate(cfg.model).to(device)
+    if cfg.train.get("compile", False):
+        for block in model.backbone.net.blocks:
+            block.compile()  # in place: parameter names (and checkpoints) stay the same
+    logger.info("model: %.1fM parameters (%.1fM in the ViT)",
+                sum(p.numel() for p in model.parameters()) / 1e6,
+                sum(p.numel() for p in model.backbone.net.parameters()) / 1e6)
+    return model
+
+
+def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The config's optimizer; its ``params`` node receives the model (layer-decay groups)."""
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    del cfg.optimizer.params.model  # keep the config printable / savable
+    return optimizer
+
+
+def register_datasets(args) -> None:
+    """COCO 2017 under ``--coco-root`` / $DETECTRON2_DATASETS, then every ``--dataset`` spec."""
+    on_invalid = getattr(args, "invalid_annotations", "error")
+    register_coco2017(getattr(args, "coco_root", None), on_invalid)
+    for spec in getattr(args, "dataset", None) or []:
+        names = register_from_spec(spec, on_invalid)
+        logger.info("registered %s from %s", ", ".join(names), spec)
+
+
+def setup(args):
+    """Load the config + overrides, set up logging / seed / config copy, register datasets."""
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts or [])
+    default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="mae_transfer")
+    register_datasets(args)
+    return cfg
+
+
+def do_train(cfg, args, model: torch.nn.Module) -> None:
+    train_loader = instantiate(cfg.dataloader.train)  # loads the train json (sets its classes)
+    check_num_classes(cfg.dataloader.train.dataset.names, cfg.model.roi_heads.num_classes)
+    optimizer = build_optimizer(cfg, model)
+    dtype = amp_dtype(cfg)
+    trainer = AutocastTrainer(create_ddp_model(model, **cfg.train.ddp), train_loader, optimizer,
+                              amp_dtype=dtype, device_type=str(cfg.train.device).split(":")[0])
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+        if comm.is_main_process() else None,
+        # Labelled with the number of completed iterations (30 = after the 30th step).
+        hooks.EvalHook(cfg.train.eval_period,
+                       lambda: evaluate(cfg, model, trainer.storage.iter + 1)),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                             period=cfg.train.log_period)
+        if comm.is_main_process() else None,
+    ])
+    if args.resume and checkpointer.has_checkpoint():
+        checkpointer.resume_or_load("", resume=True)
+        start_iter = trainer.iter + 1
+        logger.info("resumed from %s: continuing at iteration %d of %d",
+                    checkpointer.get_checkpoint_file(), start_iter, cfg.train.max_iter)
+    else:
+        if args.resume:
+            logger.info("--resume: no checkpoint in %s yet; starting from train.init_checkpoint",
+                        cfg.train.output_dir)
+        load_init_checkpoint(model, cfg.train.init_checkpoint)
+        start_iter = 0
+    logger.info("training iterations %d..%d on %s (%s)", start_iter, cfg.train.max_iter - 1,
+                cfg.train.device, f"autocast {dtype}" if dtype else "fp32")
+    trainer.train(start_iter, cfg.train.max_iter)
+
+
+def main(args) -> Optional[dict]:
+    """One process: evaluation only, or training (with periodic and final evaluation)."""
+    cfg = setup(args)
+    model = build_model(cfg)
+    if args.eval_only:
+        checkpointer = AtomicCheckpointer(model, cfg.train.output_dir)
+        if args.resume and checkpointer.has_checkpoint():
+            checkpointer.load(checkpointer.get_checkpoint_file(), checkpointables=[])
+        else:
+            load_init_checkpoint(model, cfg.train.init_checkpoint)
+        return evaluate(cfg, model)
+    do_train(cfg, args, model)
+    return None

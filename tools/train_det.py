@@ -1,0 +1,74 @@
+"""Train or evaluate a ViTDet-style Mask R-CNN on the shared ViT (Detectron2 LazyConfig).
+
+    python tools/train_det.py --config detection/configs/mask_rcnn_vitdet_b_coco.py \
+        [--eval-only] [--resume] [--num-gpus N] [--num-machines M --machine-rank R --dist-url URL] \
+        [--dataset NAME=JSON:IMAGES | --dataset NAME=DIR] [--coco-root DIR] [key=value ...]
+
+Flags come first; ``key=value`` config overrides (Detectron2's dotted LazyConfig paths, e.g.
+``train.max_iter=1000 train.init_checkpoint=mae.safetensors``) come last.
+
+Datasets: ``coco_2017_{train,val}`` are registered from ``--coco-root`` (default
+``$DETECTRON2_DATASETS``, else ``./datasets``) ``/coco/{train2017,val2017,annotations}``. Bring your
+own COCO-format data with ``--dataset NAME=path/to/x.json:path/to/images`` (one split) or
+``--dataset NAME=DIR`` (each ``DIR/annotations/instances_<split>.json`` becomes ``NAME_<split>``),
+then point the config at it: ``dataloader.train.dataset.names=NAME_train
+dataloader.test.dataset.names=NAME_val model.roi_heads.num_classes=K``.
+
+Outputs in ``train.output_dir``: log.txt, config.yaml, metrics.json, TensorBoard events,
+``model_*.pth`` + ``last_checkpoint`` (for ``--resume``), ``coco_eval.json`` (latest AP numbers) and
+``inference/`` (per-evaluation JSON, COCO-format predictions). Bad input (a missing file, a broken
+annotation, a checkpoint that does not fit) ends with one ``error:`` line and exit status 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import detection.compat  # noqa: E402,F401  (before any detectron2 import)
+from detectron2.engine import default_argument_parser, launch  # noqa: E402
+
+from detection.datasets import DatasetError  # noqa: E402
+from detection.training import main as run_process  # noqa: E402
+from tools.checkpoints import CheckpointError  # noqa: E402
+
+
+def build_parser():
+    parser = default_argument_parser(epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--config", dest="config_file", metavar="FILE",
+                        help="LazyConfig python file (same as --config-file)")
+    parser.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGES|DIR",
+                        help="register a COCO-format dataset (repeatable)")
+    parser.add_argument("--coco-root", default=None, metavar="DIR",
+                        help="folder holding coco/ (default: $DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--invalid-annotations", choices=("error", "skip"), default="error",
+                        help="a broken annotation or missing image: stop with an error naming it "
+                             "(default) or skip it with a warning")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.config_file:
+        parser.error("--config FILE is required")
+    bad = [o for o in args.opts or [] if o.startswith("-") or "=" not in o]
+    if bad:
+        parser.error(f"config overrides must be key=value and come after the flags; got {bad}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        launch(run_process, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except (DatasetError, CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
