@@ -2,8 +2,8 @@
 
 Adapts what legitimately differs between pretraining and fine-tuning (the position-embedding grid,
 a missing cls slot, the relative-position table length, the patch size), refuses everything else
-with one clear line, and reports missing / unexpected / dropped keys by name, because a silent key mismatch is the
-usual reason a "pretrained" model behaves like a random one.
+with one clear line, and reports missing / unexpected / dropped keys by name, because a silent key
+mismatch is the usual reason a "pretrained" model behaves like a random one.
 """
 from __future__ import annotations
 

@@ -161,9 +161,10 @@ def do_train(cfg, args, model: torch.nn.Module) -> None:
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
         if comm.is_main_process() else None,
-        # Labelled with the number of completed iterations (30 = after the 30th step).
+        # Labelled with the number of completed iterations (30 = after the 30th step; the
+        # final evaluation runs after training, when trainer.iter == max_iter).
         hooks.EvalHook(cfg.train.eval_period,
-                       lambda: evaluate(cfg, model, trainer.storage.iter + 1)),
+                       lambda: evaluate(cfg, model, min(trainer.iter + 1, cfg.train.max_iter))),
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,

@@ -1,0 +1,110 @@
+"""Initial weights for the detector: every ViT checkpoint format, whole detectors, patch resize."""
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import detection.compat  # noqa: F401
+from detectron2.config import LazyConfig, instantiate
+
+from backbones import build_vit, load_pretrained
+from detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
+from tools.checkpoints import CheckpointError, write_checkpoint
+
+TINY = Path(__file__).resolve().parents[2] / "detection" / "configs" / "mask_rcnn_vit_mini_cpu.py"
+
+
+def detector(**net_overrides):
+    cfg = LazyConfig.load(str(TINY))
+    cfg.model.backbone.net.update(net_overrides)
+    return instantiate(cfg.model)
+
+
+def pretrained_encoder(seed=1):
+    """An MAE-pretraining-shaped encoder (224 px grid, cls token, final norm), random weights."""
+    torch.manual_seed(seed)
+    return build_vit("vit_mini_patch16", img_size=224).state_dict()
+
+
+def _backbone_keys(model):
+    return {k[len("backbone.net."):] for k in model.state_dict() if k.startswith("backbone.net.")}
+
+
+def test_mae_training_checkpoint_with_decoder_loads_with_no_missing_backbone_keys(tmp_path, caplog):
+    encoder = pretrained_encoder()
+    decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.randn(32, 64),
+               "decoder_pred.bias": torch.zeros(768)}
+    path = tmp_path / "mae_checkpoint-799.pth"
+    torch.save({"model": {**encoder, **decoder}, "epoch": 799}, path)
+    model = detector(use_rel_pos=False)
+    with caplog.at_level(logging.INFO, logger="mae_transfer"):
+        report = load_init_checkpoint(model, str(path))
+    assert report.missing_keys == []
+    assert sorted(report.dropped_keys) == sorted(decoder)
+    # what the detector's ViT does not use (no cls token, no final norm, as in ViTDet)
+    assert sorted(report.unexpected_keys) == ["cls_token", "norm.bias", "norm.weight"]
+    assert report.resized_keys == ["pos_embed"]
+    state = model.state_dict()
+    for key in ("blocks.3.mlp.fc2.weight", "patch_embed.proj.weight", "blocks.0.attn.qkv.bias"):
+        assert torch.equal(state[f"backbone.net.{key}"], encoder[key])
+    assert "0 missing keys []" in caplog.text and "unexpected keys ['cls_token'" in caplog.text
+
+
+@pytest.mark.parametrize("fmt, name", [("ours", "enc.safetensors"), ("ours", "enc.pth"),
+                                       ("timm", "enc.pth"), ("detectron2", "enc.pth"),
+                                       ("mmseg", "enc.pth")])
+def test_every_written_format_fills_every_pretrained_backbone_key(tmp_path, fmt, name):
+    encoder = pretrained_encoder(seed=2)
+    path = write_checkpoint(encoder, tmp_path / name, fmt, {"img_size": [224, 224],
+                                                          "patch_size": [16, 16]})
+    model = detector()  # the tiny config's ViT: relative position bias on
+    report = load_init_checkpoint(model, str(path))
+    # only the relative-position tables are new (zero: no bias at first, as in ViTDet)
+    assert report.missing_keys and all(k.endswith(("rel_pos_h", "rel_pos_w"))
+                                       for k in report.missing_keys)
+    assert _backbone_keys(model) - set(report.missing_keys) <= set(encoder)
+    assert all(model.state_dict()[f"backbone.net.{k}"].abs().sum() == 0
+               for k in report.missing_keys)
+    assert torch.equal(model.state_dict()["backbone.net.blocks.2.norm1.weight"],
+                       encoder["blocks.2.norm1.weight"])
+
+
+def test_whole_detector_checkpoint_loads_into_every_module(tmp_path):
+    torch.manual_seed(3)
+    trained = detector()
+    AtomicCheckpointer(trained, str(tmp_path)).save("model_final", iteration=9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert saved["iteration"] == 9
+    torch.manual_seed(4)
+    fresh = detector()
+    assert load_init_checkpoint(fresh, str(tmp_path / "model_final.pth")) is None
+    for key, value in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_a_checkpoint_of_another_width_is_refused_in_one_line(tmp_path):
+    other = build_vit("custom", img_size=64, patch_size=16, embed_dim=96, depth=4, num_heads=4)
+    path = write_checkpoint(other.state_dict(), tmp_path / "wide.safetensors")
+    with pytest.raises(CheckpointError, match="does not fit") as err:
+        load_init_checkpoint(detector(), str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_patch14_checkpoint_resizes_into_a_patch16_vit_preserving_tokens(tmp_path):
+    """ViT-H recipe: MAE's 14x14 patch kernel -> 16x16 (PI-resize keeps the patch tokens)."""
+    torch.manual_seed(5)
+    src = build_vit("vit_mini_patch16", img_size=224, patch_size=14)
+    path = write_checkpoint(src.state_dict(), tmp_path / "p14.safetensors", "ours",
+                            {"img_size": [224, 224], "patch_size": [14, 14]})
+    dst = build_vit("vit_mini_patch16", img_size=256, patch_size=16)
+    report = load_pretrained(dst, path)
+    assert "patch_embed.proj.weight" in report.resized_keys and not report.missing_keys
+    patch = torch.randn(2, 3, 14, 14)
+    upsampled = F.interpolate(patch, size=(16, 16), mode="bilinear", align_corners=False)
+    old = F.conv2d(patch, src.patch_embed.proj.weight)
+    new = F.conv2d(upsampled, dst.patch_embed.proj.weight)
+    assert torch.allclose(old, new, atol=1e-4)

@@ -1,0 +1,134 @@
+"""Draw a trained detector's boxes and masks on images (Detectron2's Visualizer).
+
+    python tools/demo_det.py --config detection/configs/mask_rcnn_vit_mini_cpu.py \
+        --weights /tmp/det_smoke/model_final.pth --input img1.jpg img_folder/ --output /tmp/vis \
+        [--confidence 0.5] [--dataset NAME=...] [key=value ...]
+
+``--weights``: a detector checkpoint (``model_final.pth`` of ``tools/train_det.py``, or any
+whole-detector state dict). Class names come from the config's test dataset when it is registered
+(``--dataset`` as in train_det.py, or COCO 2017), else are drawn as ``class <i>``. Each input is
+resized as the config's test loader does, and ``OUTPUT/<name>.jpg`` is written at the original
+resolution; one line per image reports how many instances were drawn.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import detection.compat  # noqa: E402,F401  (before any detectron2 import)
+import detectron2.data.transforms as T  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.utils.visualizer import Visualizer  # noqa: E402
+
+from detection.checkpointing import load_init_checkpoint  # noqa: E402
+from detection.datasets import DatasetError, register_coco2017, register_from_spec  # noqa: E402
+from tools.checkpoints import CheckpointError  # noqa: E402
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def list_images(inputs: List[str]) -> List[Path]:
+    """Files as given, folders expanded to their images (sorted); a missing path is an error."""
+    images: List[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            images += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            images.append(item)
+        else:
+            raise FileNotFoundError(f"no image or folder at {item}")
+    if not images:
+        raise FileNotFoundError(f"no images found in {inputs}")
+    return images
+
+
+def class_metadata(cfg, num_classes: int):
+    """The test dataset's metadata when its classes can be known, else placeholder names."""
+    name = cfg.dataloader.test.dataset.names
+    name = name if isinstance(name, str) else name[0]
+    if name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if meta.get("thing_classes") is None:
+            try:
+                DatasetCatalog.get(name)  # our loader sets thing_classes
+            except (DatasetError, OSError):
+                pass
+        if meta.get("thing_classes") is not None and len(meta.thing_classes) == num_classes:
+            return meta
+    placeholder = "__demo_placeholder_classes"
+    meta = MetadataCatalog.get(placeholder)
+    if meta.get("thing_classes") is None:
+        meta.thing_classes = [f"class {i}" for i in range(num_classes)]
+    return meta
+
+
+class Predictor:
+    """The config's model + test-time resize, on one image at a time (RGB uint8 in, Instances out)."""
+
+    def __init__(self, cfg, weights: str, device: str):
+        self.model = instantiate(cfg.model).to(device).eval()
+        load_init_checkpoint(self.model, weights)
+        self.augment = T.AugmentationList(instantiate(cfg.dataloader.test.mapper.augmentations))
+        self.input_format = cfg.model.input_format
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray):
+        height, width = rgb.shape[:2]
+        aug = T.AugInput(rgb)
+        self.augment(aug)
+        image = aug.image if self.input_format == "RGB" else aug.image[:, :, ::-1]
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, metavar="FILE")
+    ap.add_argument("--weights", required=True, help="detector checkpoint (e.g. model_final.pth)")
+    ap.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    ap.add_argument("--output", required=True, help="folder for the drawn images")
+    ap.add_argument("--confidence", type=float, default=0.5, help="minimum score to draw")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGES|DIR")
+    ap.add_argument("--coco-root", default=None, metavar="DIR")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    args = ap.parse_args(argv)
+    try:
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config), args.opts)
+        register_coco2017(args.coco_root)
+        for spec in args.dataset:
+            register_from_spec(spec)
+        images = list_images(args.input)
+        predictor = Predictor(cfg, args.weights, args.device)
+        metadata = class_metadata(cfg, cfg.model.roi_heads.num_classes)
+        out_dir = Path(args.output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in images:
+            try:
+                rgb = read_image(str(path), format="RGB")
+            except OSError as exc:
+                raise FileNotFoundError(f"cannot read image {path}: {exc}") from exc
+            instances = predictor(rgb).to("cpu")
+            instances = instances[instances.scores >= args.confidence]
+            drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances)
+            target = out_dir / f"{path.stem}.jpg"
+            drawn.save(str(target))
+            print(f"{path}: {len(instances)} instances (score >= {args.confidence}) -> {target}")
+    except (DatasetError, CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
