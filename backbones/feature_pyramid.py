@@ -78,7 +78,8 @@ class SimpleFeaturePyramid(nn.Module):
         super().__init__()
         self.scale_factors = tuple(float(s) for s in scale_factors)
         if list(self.scale_factors) != sorted(self.scale_factors, reverse=True):
-            raise ValueError(f"scale_factors must be decreasing (finest first), got {scale_factors}")
+            raise ValueError(f"scale_factors must be decreasing (finest first), "
+                             f"got {scale_factors}")
         self.num_extra_levels = int(num_extra_levels)
         self.out_channels = out_channels
         levels = []

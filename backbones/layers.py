@@ -26,7 +26,8 @@ class LayerNorm2d(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
-            raise ValueError(f"LayerNorm2d expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+            raise ValueError(f"LayerNorm2d expects a (B, C, H, W) tensor, "
+                             f"got shape {tuple(x.shape)}")
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)

@@ -38,9 +38,9 @@ class ViTDetBackbone(Backbone):
         patch_h, patch_w = net.patch_size
         if patch_h != patch_w or patch_h & (patch_h - 1):
             raise ValueError(
-                f"the ViT's patch size {net.patch_size} gives non power-of-2 pyramid strides, which "
-                f"Detectron2's ROI poolers cannot use; build it with patch_size=16 (patch-14 "
-                f"checkpoints are resized when loaded)")
+                f"the ViT's patch size {net.patch_size} gives non power-of-2 pyramid strides, "
+                f"which Detectron2's ROI poolers cannot use; build it with patch_size=16 "
+                f"(patch-14 checkpoints are resized when loaded)")
         self.net = net
         self.pyramid = SimpleFeaturePyramid(net.embed_dim, out_channels, scale_factors,
                                             num_extra_levels, norm_layer)

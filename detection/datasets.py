@@ -201,7 +201,8 @@ def register_coco_instances(name: str, json_file, image_root, on_invalid: str = 
 
 
 def _image_folder_for(root: Path, split: str) -> Path:
-    for candidate in (root / "images" / split, root / split, root / f"{split}2017", root / "images"):
+    for candidate in (root / "images" / split, root / split, root / f"{split}2017",
+                      root / "images"):
         if candidate.is_dir():
             return candidate
     raise DatasetError(f"no image folder for split '{split}' under {root} "

@@ -61,7 +61,8 @@ def write_results_json(results: dict, output_dir: str, dataset: str,
     tag = "final" if iteration is None else f"iter{iteration:07d}"
     folder = os.path.join(output_dir, "inference")
     os.makedirs(folder, exist_ok=True)
-    paths = [os.path.join(folder, f"coco_eval_{tag}.json"), os.path.join(output_dir, "coco_eval.json")]
+    paths = [os.path.join(folder, f"coco_eval_{tag}.json"),
+             os.path.join(output_dir, "coco_eval.json")]
     for path in paths:
         with open(f"{path}.tmp", "w") as f:
             json.dump(payload, f, indent=2)

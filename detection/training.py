@@ -31,7 +31,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
-from detection.datasets import check_num_classes, register_coco2017, register_from_spec
+from detection.cli import register_datasets
+from detection.datasets import check_num_classes
 from detection.evaluation import evaluate
 
 logger = logging.getLogger("mae_transfer.detection")
@@ -127,15 +128,6 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     optimizer = instantiate(cfg.optimizer)
     del cfg.optimizer.params.model  # keep the config printable / savable
     return optimizer
-
-
-def register_datasets(args) -> None:
-    """COCO 2017 under ``--coco-root`` / $DETECTRON2_DATASETS, then every ``--dataset`` spec."""
-    on_invalid = getattr(args, "invalid_annotations", "error")
-    register_coco2017(getattr(args, "coco_root", None), on_invalid)
-    for spec in getattr(args, "dataset", None) or []:
-        names = register_from_spec(spec, on_invalid)
-        logger.info("registered %s from %s", ", ".join(names), spec)
 
 
 def setup(args):

@@ -5,10 +5,10 @@
         [--confidence 0.5] [--dataset NAME=...] [key=value ...]
 
 ``--weights``: a detector checkpoint (``model_final.pth`` of ``tools/train_det.py``, or any
-whole-detector state dict). Class names come from the config's test dataset when it is registered
-(``--dataset`` as in train_det.py, or COCO 2017), else are drawn as ``class <i>``. Each input is
-resized as the config's test loader does, and ``OUTPUT/<name>.jpg`` is written at the original
-resolution; one line per image reports how many instances were drawn.
+whole-detector state dict). Class names come from the config's test dataset when it is
+registered (``--dataset`` as in train_det.py, or COCO 2017), else are drawn as ``class <i>``.
+Each input is resized as the config's test loader does, and ``OUTPUT/<name>.jpg`` is written at
+the original resolution; one line per image reports how many instances were drawn.
 """
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 from detection.checkpointing import load_init_checkpoint  # noqa: E402
-from detection.datasets import DatasetError, register_coco2017, register_from_spec  # noqa: E402
-from tools.checkpoints import CheckpointError  # noqa: E402
+from detection.cli import (add_dataset_arguments, register_datasets,  # noqa: E402
+                           run_reporting_input_errors)
+from detection.datasets import DatasetError  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -73,7 +74,7 @@ def class_metadata(cfg, num_classes: int):
 
 
 class Predictor:
-    """The config's model + test-time resize, on one image at a time (RGB uint8 in, Instances out)."""
+    """The config's model + test-time resize, one image at a time: RGB uint8 in, Instances out."""
 
     def __init__(self, cfg, weights: str, device: str):
         self.model = instantiate(cfg.model).to(device).eval()
@@ -99,35 +100,31 @@ def main(argv=None) -> int:
     ap.add_argument("--output", required=True, help="folder for the drawn images")
     ap.add_argument("--confidence", type=float, default=0.5, help="minimum score to draw")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGES|DIR")
-    ap.add_argument("--coco-root", default=None, metavar="DIR")
+    add_dataset_arguments(ap)
     ap.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = ap.parse_args(argv)
-    try:
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config), args.opts)
-        register_coco2017(args.coco_root)
-        for spec in args.dataset:
-            register_from_spec(spec)
-        images = list_images(args.input)
-        predictor = Predictor(cfg, args.weights, args.device)
-        metadata = class_metadata(cfg, cfg.model.roi_heads.num_classes)
-        out_dir = Path(args.output)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path in images:
-            try:
-                rgb = read_image(str(path), format="RGB")
-            except OSError as exc:
-                raise FileNotFoundError(f"cannot read image {path}: {exc}") from exc
-            instances = predictor(rgb).to("cpu")
-            instances = instances[instances.scores >= args.confidence]
-            drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances)
-            target = out_dir / f"{path.stem}.jpg"
-            drawn.save(str(target))
-            print(f"{path}: {len(instances)} instances (score >= {args.confidence}) -> {target}")
-    except (DatasetError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_input_errors(lambda: draw(args))
+
+
+def draw(args) -> None:
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config), args.opts)
+    register_datasets(args)
+    images = list_images(args.input)
+    predictor = Predictor(cfg, args.weights, args.device)
+    metadata = class_metadata(cfg, cfg.model.roi_heads.num_classes)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in images:
+        try:
+            rgb = read_image(str(path), format="RGB")
+        except OSError as exc:
+            raise FileNotFoundError(f"cannot read image {path}: {exc}") from exc
+        instances = predictor(rgb).to("cpu")
+        instances = instances[instances.scores >= args.confidence]
+        drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances)
+        target = out_dir / f"{path.stem}.jpg"
+        drawn.save(str(target))
+        print(f"{path}: {len(instances)} instances (score >= {args.confidence}) -> {target}")
 
 
 if __name__ == "__main__":

@@ -29,22 +29,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import detection.compat  # noqa: E402,F401  (before any detectron2 import)
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
-from detection.datasets import DatasetError  # noqa: E402
+from detection.cli import add_dataset_arguments, run_reporting_input_errors  # noqa: E402
 from detection.training import main as run_process  # noqa: E402
-from tools.checkpoints import CheckpointError  # noqa: E402
 
 
 def build_parser():
     parser = default_argument_parser(epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--config", dest="config_file", metavar="FILE",
                         help="LazyConfig python file (same as --config-file)")
-    parser.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGES|DIR",
-                        help="register a COCO-format dataset (repeatable)")
-    parser.add_argument("--coco-root", default=None, metavar="DIR",
-                        help="folder holding coco/ (default: $DETECTRON2_DATASETS or ./datasets)")
-    parser.add_argument("--invalid-annotations", choices=("error", "skip"), default="error",
-                        help="a broken annotation or missing image: stop with an error naming it "
-                             "(default) or skip it with a warning")
+    add_dataset_arguments(parser)
     return parser
 
 
@@ -61,13 +54,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        launch(run_process, args.num_gpus, num_machines=args.num_machines,
-               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
-    except (DatasetError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_input_errors(lambda: launch(
+        run_process, args.num_gpus, num_machines=args.num_machines,
+        machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,)))
 
 
 if __name__ == "__main__":

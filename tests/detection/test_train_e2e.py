@@ -1,5 +1,6 @@
 """End to end on the generated COCO-layout shapes set: train, evaluate, resume, eval-only, demo."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,11 @@ pytestmark = pytest.mark.slow
 
 
 def cli(*args, check=True):
+    # One thread: the tiny model is overhead-bound, and a second thread only competes with
+    # whatever else runs on a 2-core machine.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, env=env)
     if check and run.returncode:
         raise AssertionError(f"{args[0]} failed ({run.returncode}):\n{run.stderr[-3000:]}")
     return run
@@ -116,11 +120,6 @@ def test_demo_draws_on_every_input_image(trained, tmp_path):
     for src in inputs:
         drawn = tmp_path / f"{src.stem}.jpg"
         assert Image.open(drawn).size == Image.open(src).size
-    # a missing input is one error line
-    bad = cli("tools/demo_det.py", "--config", TINY, "--weights", trained["out"] / "model_final.pth",
-              "--input", tmp_path / "nope.jpg", "--output", tmp_path, check=False)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: no image or folder")
 
 
 def test_broken_annotation_stops_training_with_one_line_naming_the_image(shapes_dataset, tmp_path):

@@ -1,0 +1,49 @@
+"""What the detection entry points (``tools/train_det.py``, ``tools/demo_det.py``) share.
+
+Dataset flags (``--dataset``, ``--coco-root``, ``--invalid-annotations``) and their registration,
+and the rule that bad input (a missing file, a broken annotation, a checkpoint that does not
+fit) ends the program with one ``error:`` line and exit status 2 instead of a traceback.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from detection.datasets import DatasetError, register_coco2017, register_from_spec
+from tools.checkpoints import CheckpointError
+
+logger = logging.getLogger("mae_transfer.detection")
+
+#: Exceptions that mean "bad input", reported in one line.
+INPUT_ERRORS = (DatasetError, CheckpointError, FileNotFoundError)
+
+
+def add_dataset_arguments(parser) -> None:
+    parser.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGES|DIR",
+                        help="register a COCO-format dataset (repeatable; a later spec replaces "
+                             "an earlier one of the same name)")
+    parser.add_argument("--coco-root", default=None, metavar="DIR",
+                        help="folder holding coco/ (default: $DETECTRON2_DATASETS or ./datasets)")
+    parser.add_argument("--invalid-annotations", choices=("error", "skip"), default="error",
+                        help="a broken annotation or missing image: stop with an error naming it "
+                             "(default) or skip it with a warning")
+
+
+def register_datasets(args) -> None:
+    """COCO 2017 under ``--coco-root`` / $DETECTRON2_DATASETS, then every ``--dataset`` spec."""
+    on_invalid = getattr(args, "invalid_annotations", "error")
+    register_coco2017(getattr(args, "coco_root", None), on_invalid)
+    for spec in getattr(args, "dataset", None) or []:
+        names = register_from_spec(spec, on_invalid)
+        logger.info("registered %s from %s", ", ".join(names), spec)
+
+
+def run_reporting_input_errors(main: Callable[[], object]) -> int:
+    """Run ``main``; 0 on success, 2 with one ``error:`` line on stderr for bad input."""
+    try:
+        main()
+    except INPUT_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
