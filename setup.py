@@ -14,7 +14,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["backbones*", "pretrain*", "detection*", "segmentation*",
                                     "tools*"]),
-    package_data={"detection": ["configs/*.py"], "segmentation": ["configs/*.py"]},
+    package_data={"detection": ["configs/*.py", "configs/common/*.py"],
+                  "segmentation": ["configs/*.py"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
@@ -23,6 +24,7 @@ setup(
         "tensorboard",
         "pycocotools",
         "fvcore",
+        "shapely",                 # fvcore crops polygon masks with it (detection's LSJ crop)
         "mmengine==0.10.7",
         "mmsegmentation==1.2.2",   # its metadata does not list mmcv/mmengine: we do
         "ftfy",                    # mmseg imports these at import time

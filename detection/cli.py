@@ -1,7 +1,7 @@
 """What the detection entry points (``tools/train_det.py``, ``tools/demo_det.py``) share.
 
 Dataset flags (``--dataset``, ``--coco-root``, ``--invalid-annotations``) and their registration,
-and the rule that bad input (a missing file, a broken annotation, a checkpoint that does not
+the config's CPU thread count, and the rule that bad input (a missing file, a broken annotation, a checkpoint that does not
 fit) ends the program with one ``error:`` line and exit status 2 instead of a traceback.
 """
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 from typing import Callable
+
+import torch
 
 from detection.datasets import DatasetError, register_coco2017, register_from_spec
 from tools.checkpoints import CheckpointError
@@ -47,3 +49,14 @@ def run_reporting_input_errors(main: Callable[[], object]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def apply_cpu_threads(cfg, device: str) -> None:
+    """``torch.set_num_threads(train.cpu_threads)`` for CPU runs when the config sets it.
+
+    Tiny CPU models are bound by per-op overhead: one thread is as fast as several, and does not
+    collapse when other processes share the cores.
+    """
+    threads = int(cfg.train.get("cpu_threads", 0) or 0)
+    if threads and str(device) == "cpu":
+        torch.set_num_threads(threads)

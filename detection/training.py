@@ -13,7 +13,8 @@ TensorBoard). What is ours:
   API differs across versions;
 - ``train.init_checkpoint`` loads any ViT checkpoint into ``model.backbone.net``
   (``detection.checkpointing``); ``--resume`` restores model, optimizer, scheduler, iteration;
-- optional ``train.compile``: ``torch.compile`` of each ViT block in place (names unchanged).
+- optional ``train.compile``: ``torch.compile`` of each ViT block in place (names unchanged);
+  ``train.cpu_threads``: torch's thread count for CPU runs (0: torch's default).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
-from detection.cli import register_datasets
+from detection.cli import apply_cpu_threads, register_datasets
 from detection.datasets import check_num_classes
 from detection.evaluation import evaluate
 
@@ -136,6 +137,7 @@ def setup(args):
     cfg = LazyConfig.apply_overrides(cfg, args.opts or [])
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="mae_transfer")
+    apply_cpu_threads(cfg, cfg.train.device)
     register_datasets(args)
     return cfg
 

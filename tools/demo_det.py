@@ -31,8 +31,8 @@ from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 from detection.checkpointing import load_init_checkpoint  # noqa: E402
-from detection.cli import (add_dataset_arguments, register_datasets,  # noqa: E402
-                           run_reporting_input_errors)
+from detection.cli import (add_dataset_arguments, apply_cpu_threads,  # noqa: E402
+                           register_datasets, run_reporting_input_errors)
 from detection.datasets import DatasetError  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -108,6 +108,7 @@ def main(argv=None) -> int:
 
 def draw(args) -> None:
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config), args.opts)
+    apply_cpu_threads(cfg, args.device)
     register_datasets(args)
     images = list_images(args.input)
     predictor = Predictor(cfg, args.weights, args.device)

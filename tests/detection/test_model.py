@@ -114,3 +114,35 @@ def test_autocast_trainer_step_in_bfloat16_updates_the_weights(model):
     after = model.backbone.net.blocks[0].attn.qkv.weight
     assert after.dtype == torch.float32 and not torch.equal(before, after)
     assert math.isfinite(storage.history("total_loss").latest())
+
+
+@pytest.mark.parametrize("size, arch, global_blocks, drop_path, decay, max_iter", [
+    ("b", (768, 12), [2, 5, 8, 11], 0.1, 0.7, 184375),
+    ("l", (1024, 24), [5, 11, 17, 23], 0.4, 0.8, 184375),
+    ("h", (1280, 32), [7, 15, 23, 31], 0.5, 0.9, 138281),
+])
+def test_coco_configs_express_the_vitdet_recipes(size, arch, global_blocks, drop_path, decay,
+                                                  max_iter):
+    cfg = LazyConfig.load(str(REPO / "detection" / "configs" / f"mask_rcnn_vitdet_{size}_coco.py"))
+    with torch.device("meta"):  # the structure, without allocating hundreds of MB
+        model = instantiate(cfg.model)
+    net = model.backbone.net
+    assert (net.embed_dim, net.depth, net.patch_size) == (*arch, (16, 16))
+    assert [i for i, b in enumerate(net.blocks) if b.attn.window_size == 0] == global_blocks
+    assert {b.attn.window_size for b in net.blocks} == {0, 14}
+    assert all(b.attn.use_rel_pos for b in net.blocks) and net.cls_token is None
+    assert net.blocks[-1].drop_path.drop_prob == pytest.approx(drop_path)
+    assert model.backbone.padding_constraints == {"size_divisibility": 32, "square_size": 1024}
+    assert [type(m).__name__ for m in model.roi_heads.box_head.children()][:4] == ["Conv2d"] * 4
+    assert type(model.roi_heads.box_head.conv1.norm).__name__ == "LayerNorm2d"
+    assert type(model.roi_heads.mask_head.mask_fcn1.norm).__name__ == "LayerNorm2d"
+    assert cfg.optimizer.params.layer_decay == decay and cfg.optimizer.lr == 1e-4
+    assert cfg.optimizer.weight_decay == 0.1
+    assert cfg.train.max_iter == max_iter and cfg.train.amp.enabled
+    milestones = cfg.lr_multiplier.scheduler.milestones
+    assert milestones == [round(max_iter * 8 / 9), round(max_iter * 26 / 27)]
+    assert cfg.lr_multiplier.warmup_length * max_iter == pytest.approx(250)
+    assert cfg.dataloader.train.total_batch_size == 64
+    lsj = instantiate(cfg.dataloader.train.mapper.augmentations)
+    assert [type(a).__name__ for a in lsj] == ["RandomFlip", "ResizeScale", "FixedSizeCrop"]
+    assert (lsj[1].min_scale, lsj[1].max_scale, lsj[2].crop_size) == (0.1, 2.0, (1024, 1024))

@@ -1,6 +1,5 @@
 """End to end on the generated COCO-layout shapes set: train, evaluate, resume, eval-only, demo."""
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,11 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 def cli(*args, check=True):
-    # One thread: the tiny model is overhead-bound, and a second thread only competes with
-    # whatever else runs on a 2-core machine.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True,
-                         text=True, timeout=600, env=env)
+                         text=True, timeout=600)
     if check and run.returncode:
         raise AssertionError(f"{args[0]} failed ({run.returncode}):\n{run.stderr[-3000:]}")
     return run

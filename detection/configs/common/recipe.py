@@ -56,6 +56,7 @@ train = dict(
     init_checkpoint="",  # any ViT checkpoint backbones.load_pretrained reads, or a detector's
     max_iter=max_iter,
     device="cuda",
+    cpu_threads=0,  # torch's thread count when device="cpu" (0: torch's default)
     amp=dict(enabled=True, dtype="bfloat16"),
     compile=False,
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=True),
