@@ -17,8 +17,13 @@ from tools.checkpoints import CheckpointError
 
 logger = logging.getLogger("mae_transfer.detection")
 
+
+class UsageError(ValueError):
+    """A config / flag combination that cannot run (e.g. a GPU device on a machine without one)."""
+
+
 #: Exceptions that mean "bad input", reported in one line.
-INPUT_ERRORS = (DatasetError, CheckpointError, FileNotFoundError)
+INPUT_ERRORS = (DatasetError, CheckpointError, FileNotFoundError, UsageError)
 
 
 def add_dataset_arguments(parser) -> None:

@@ -90,9 +90,9 @@ def annotation_problem(ann: dict, image: dict, category_ids) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------- loading
-def _read_json(json_file: Path) -> dict:
+def _read_json(json_file: Path, hint: str = "") -> dict:
     if not json_file.is_file():
-        raise DatasetError(f"no annotation file at {json_file}")
+        raise DatasetError(f"no annotation file at {json_file}{hint}")
     try:
         with open(json_file) as f:
             data = json.load(f)
@@ -120,17 +120,19 @@ def _to_record_annotation(ann: dict, image: dict, id_map: Dict[int, int]) -> dic
 
 
 def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = None,
-                        check_images: bool = True, on_invalid: str = "error") -> List[dict]:
+                        check_images: bool = True, on_invalid: str = "error",
+                        missing_hint: str = "") -> List[dict]:
     """Detectron2 dataset dicts from a COCO instances json, checked (see the module docstring).
 
     With ``dataset_name``, sets its metadata: ``thing_classes`` (categories sorted by id) and
     ``thing_dataset_id_to_contiguous_id``. ``on_invalid``: ``"error"`` (default) raises
     ``DatasetError`` at the first bad annotation or missing image; ``"skip"`` drops them, warns.
+    ``missing_hint`` is appended to the error for a missing json (where the data should be).
     """
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     json_file, image_root = Path(json_file), Path(image_root)
-    data = _read_json(json_file)
+    data = _read_json(json_file, missing_hint)
     categories = sorted(data["categories"], key=lambda c: c["id"])
     id_map = {c["id"]: i for i, c in enumerate(categories)}
     if dataset_name is not None:
@@ -187,14 +189,15 @@ def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = Non
 
 
 # ------------------------------------------------------------------------------ registration
-def register_coco_instances(name: str, json_file, image_root, on_invalid: str = "error") -> str:
+def register_coco_instances(name: str, json_file, image_root, on_invalid: str = "error",
+                            missing_hint: str = "") -> str:
     """Register ``name`` (replacing an earlier registration) as a checked COCO json + folder."""
     json_file, image_root = Path(json_file).resolve(), Path(image_root).resolve()
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: load_coco_instances(json_file, image_root, name,
-                                                              on_invalid=on_invalid))
+    DatasetCatalog.register(name, lambda: load_coco_instances(
+        json_file, image_root, name, on_invalid=on_invalid, missing_hint=missing_hint))
     MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
                                   evaluator_type="coco")
     return name
@@ -234,7 +237,10 @@ def register_coco2017(root=None, on_invalid: str = "error") -> List[str]:
     Registration reads nothing; a missing file is reported when the split is first loaded.
     """
     coco = Path(root if root is not None else default_datasets_root()) / "coco"
-    return [register_coco_instances(name, coco / "annotations" / js, coco / folder, on_invalid)
+    hint = (" (COCO 2017 is read from $DETECTRON2_DATASETS/coco, else ./datasets/coco; "
+            "--coco-root DIR reads DIR/coco)")
+    return [register_coco_instances(name, coco / "annotations" / js, coco / folder, on_invalid,
+                                    missing_hint=hint)
             for name, (folder, js) in COCO2017_SPLITS.items()]
 
 

@@ -32,7 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
-from detection.cli import apply_cpu_threads, register_datasets
+from detection.cli import UsageError, apply_cpu_threads, register_datasets
 from detection.datasets import check_num_classes
 from detection.evaluation import evaluate
 
@@ -104,16 +104,13 @@ def amp_dtype(cfg) -> Optional[torch.dtype]:
         return None
     name = str(amp.get("dtype", "bfloat16"))
     if name not in _AMP_DTYPES:
-        raise ValueError(f"train.amp.dtype must be one of {sorted(_AMP_DTYPES)}, got {name!r}")
+        raise UsageError(f"train.amp.dtype must be one of {sorted(_AMP_DTYPES)}, got {name!r}")
     return _AMP_DTYPES[name]
 
 
 def build_model(cfg) -> torch.nn.Module:
     """Instantiate ``cfg.model`` on ``cfg.train.device`` (compiled blocks if ``train.compile``)."""
-    device = str(cfg.train.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={device} but no GPU is visible; pass train.device=cpu")
-    model = instantiate(cfg.model).to(device)
+    model = instantiate(cfg.model).to(str(cfg.train.device))
     if cfg.train.get("compile", False):
         for block in model.backbone.net.blocks:
             block.compile()  # in place: parameter names (and checkpoints) stay the same
@@ -135,6 +132,9 @@ def setup(args):
     """Load the config + overrides, set up logging / seed / config copy, register datasets."""
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts or [])
+    device = str(cfg.train.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"train.device={device} but no GPU is visible; pass train.device=cpu")
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="mae_transfer")
     apply_cpu_threads(cfg, cfg.train.device)
@@ -142,9 +142,7 @@ def setup(args):
     return cfg
 
 
-def do_train(cfg, args, model: torch.nn.Module) -> None:
-    train_loader = instantiate(cfg.dataloader.train)  # loads the train json (sets its classes)
-    check_num_classes(cfg.dataloader.train.dataset.names, cfg.model.roi_heads.num_classes)
+def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
     optimizer = build_optimizer(cfg, model)
     dtype = amp_dtype(cfg)
     trainer = AutocastTrainer(create_ddp_model(model, **cfg.train.ddp), train_loader, optimizer,
@@ -182,13 +180,16 @@ def do_train(cfg, args, model: torch.nn.Module) -> None:
 def main(args) -> Optional[dict]:
     """One process: evaluation only, or training (with periodic and final evaluation)."""
     cfg = setup(args)
-    model = build_model(cfg)
     if args.eval_only:
+        model = build_model(cfg)
         checkpointer = AtomicCheckpointer(model, cfg.train.output_dir)
         if args.resume and checkpointer.has_checkpoint():
             checkpointer.load(checkpointer.get_checkpoint_file(), checkpointables=[])
         else:
             load_init_checkpoint(model, cfg.train.init_checkpoint)
         return evaluate(cfg, model)
-    do_train(cfg, args, model)
+    # Data first: a broken dataset is reported before minutes of building a large model.
+    train_loader = instantiate(cfg.dataloader.train)  # loads the train json (sets its classes)
+    check_num_classes(cfg.dataloader.train.dataset.names, cfg.model.roi_heads.num_classes)
+    do_train(cfg, args, build_model(cfg), train_loader)
     return None

@@ -107,10 +107,10 @@ def main(argv=None) -> int:
 
 
 def draw(args) -> None:
+    images = list_images(args.input)  # bad input fails before anything slow happens
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config), args.opts)
     apply_cpu_threads(cfg, args.device)
     register_datasets(args)
-    images = list_images(args.input)
     predictor = Predictor(cfg, args.weights, args.device)
     metadata = class_metadata(cfg, cfg.model.roi_heads.num_classes)
     out_dir = Path(args.output)
