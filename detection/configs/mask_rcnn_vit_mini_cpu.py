@@ -2,9 +2,9 @@
 
 The ViTDet structure at toy size: ``vit_mini_patch16`` (64-d, 4 blocks; window 4 with global
 blocks 1 and 3, relative position bias), a 32-channel pyramid and heads, 128 px LSJ (scale
-0.5-1.5), 2 images per iteration, 200 iterations (about 20 s on one core; on the shapes set the
-box / mask AP go from about 11 / 11 after 100 iterations to 55 / 54 after 200), evaluation and
-checkpoints every 100. Data: the ``custom_train`` / ``custom_val`` splits of a COCO-layout
+0.5-1.5), 2 images per iteration, 200 iterations (about 20 s on one core; on the shapes set box
+and mask AP reach roughly 5-15 after 100 iterations and 25-55 after 200, depending on the initial
+weights: 4 validation images make a noisy toy), evaluation and checkpoints every 100. Data: the ``custom_train`` / ``custom_val`` splits of a COCO-layout
 folder, e.g. the generated shapes set:
 
     python tools/synthetic_data.py /tmp/shapes

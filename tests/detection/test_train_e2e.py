@@ -1,5 +1,6 @@
 """End to end on the generated COCO-layout shapes set: train, evaluate, resume, eval-only, demo."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backbones import build_vit
+from tools.synthetic_data import write_synthetic_images
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = "detection/configs/mask_rcnn_vit_mini_cpu.py"
@@ -38,23 +39,49 @@ def metrics(out):
 
 
 @pytest.fixture(scope="module")
-def trained(shapes_dataset, tmp_path_factory):
-    """One 40-iteration run, initialised from an MAE-style training checkpoint."""
+def pretrained(tmp_path_factory):
+    """A real (2-step) MAE pretraining run of pretrain/: checkpoint-last.pth + encoder.safetensors."""
+    tmp = tmp_path_factory.mktemp("mae")
+    write_synthetic_images(tmp / "imgs", 16, size=(64, 64))
+    cli("-m", "pretrain.main", "--data_path", tmp / "imgs", "--model", "mae_vit_mini_patch16",
+        "--input_size", "64", "--batch_size", "8", "--epochs", "1", "--steps_per_epoch", "2",
+        "--warmup_epochs", "0", "--device", "cpu", "--num_workers", "0", "--vis_every", "0",
+        "--output_dir", tmp / "out")
+    return tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_dataset, pretrained, tmp_path_factory):
+    """One 40-iteration run, initialised from pretrain/'s MAE training checkpoint (with decoder)."""
     tmp = tmp_path_factory.mktemp("det_e2e")
-    torch.manual_seed(0)
-    encoder = build_vit("vit_mini_patch16", img_size=224).state_dict()
-    ckpt = tmp / "mae_pretrain.pth"
-    torch.save({"model": {**encoder, "mask_token": torch.zeros(1, 1, 32),
-                          "decoder_pred.weight": torch.zeros(768, 32)}}, ckpt)
     out = tmp / "run"
-    run = train(shapes_dataset["coco"], out, f"train.init_checkpoint={ckpt}")
+    run = train(shapes_dataset["coco"], out,
+                f"train.init_checkpoint={pretrained / 'checkpoint-last.pth'}")
     return {"out": out, "run": run, "data": shapes_dataset["coco"], "tmp": tmp}
+
+
+def test_pretrain_encoder_export_fills_the_detector_backbone(pretrained):
+    import detection.compat  # noqa: F401
+    from detectron2.config import LazyConfig, instantiate
+
+    from detection.checkpointing import load_init_checkpoint
+    from tools.checkpoints import read_checkpoint
+
+    model = instantiate(LazyConfig.load(str(REPO / TINY)).model)
+    report = load_init_checkpoint(model, str(pretrained / "encoder.safetensors"))
+    assert all(k.endswith(("rel_pos_h", "rel_pos_w")) for k in report.missing_keys)
+    encoder, _ = read_checkpoint(pretrained / "encoder.safetensors")
+    state = model.state_dict()
+    for key in ("blocks.0.attn.qkv.weight", "blocks.3.mlp.fc2.bias", "patch_embed.proj.weight"):
+        assert torch.equal(state[f"backbone.net.{key}"], encoder[key])
 
 
 def test_short_run_lowers_the_loss_and_reports_coco_ap(trained):
     out, run = trained["out"], trained["run"]
     log = (out / "log.txt").read_text()
     assert "-> model.backbone.net: 0 missing keys []" in log
+    dropped = re.search(r"(\d+) dropped non-encoder keys", log)
+    assert dropped and int(dropped.group(1)) > 0  # the MAE decoder of the pretraining checkpoint
     logged = metrics(out)
     assert [m["iteration"] for m in logged] == list(range(4, 40, 5))
     assert logged[-1]["total_loss"] < 0.85 * logged[0]["total_loss"]
