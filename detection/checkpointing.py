@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -34,10 +34,15 @@ DETECTOR_KEY_PREFIXES = ("proposal_generator.", "roi_heads.", "backbone.pyramid.
 REL_POS_TABLES = ("rel_pos_h", "rel_pos_w")
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """``write(temp_path)``, then rename over ``path``: readers see the old or the new file whole."""
     tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -52,7 +57,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        _atomic_write(path, lambda tmp: torch.save(data, tmp))
+        atomic_write(path, lambda tmp: torch.save(data, tmp))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -60,7 +65,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             with open(tmp, "w") as f:
                 f.write(last_filename_basename)
 
-        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"), write)
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"), write)
 
 
 def is_detector_state(keys) -> bool:

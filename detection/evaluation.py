@@ -24,6 +24,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from detection.checkpointing import atomic_write
 from detection.datasets import check_num_classes
 
 logger = logging.getLogger("mae_transfer.detection")
@@ -63,10 +64,12 @@ def write_results_json(results: dict, output_dir: str, dataset: str,
     os.makedirs(folder, exist_ok=True)
     paths = [os.path.join(folder, f"coco_eval_{tag}.json"),
              os.path.join(output_dir, "coco_eval.json")]
-    for path in paths:
-        with open(f"{path}.tmp", "w") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
             json.dump(payload, f, indent=2)
-        os.replace(f"{path}.tmp", path)
+
+    for path in paths:
+        atomic_write(path, write)
     return paths[0]
 
 
