@@ -11,14 +11,20 @@ Import this module before ``mmseg``; every fix is a no-op where not needed:
   hub, numpy arrays) then fail on ``resume`` / ``load_from`` / test with ``UnpicklingError``. Only
   MMEngine's own local checkpoint loader is switched to ``weights_only=False``; pretrained weights
   that users hand in go through ``backbones.load_pretrained`` (``weights_only=True``).
+- setuptools 77-81 warns "pkg_resources is deprecated" each time MMEngine imports it (to resolve
+  ``mmseg::`` base configs), four times per run; the warning says nothing a user can act on
+  (setuptools < 82 is pinned because MMEngine needs it), so only that message is filtered.
 """
 from __future__ import annotations
 
 import os.path as osp
+import warnings
 
 import torch
 
 from tools.stand_in import install_stand_in
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 HAS_STAND_IN_EXTENSION = install_stand_in("mmcv._ext")
 
@@ -26,13 +32,14 @@ HAS_STAND_IN_EXTENSION = install_stand_in("mmcv._ext")
 def _register_runner_checkpoint_loader() -> None:
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    def load_runner_checkpoint(filename, map_location):
+    # MMEngine logs "Loads checkpoint by <name[10:]> backend": this name reads "local".
+    def load_from_local(filename, map_location):
         filename = osp.expanduser(filename)
         if not osp.isfile(filename):
             raise FileNotFoundError(f"{filename} can not be found.")
         return torch.load(filename, map_location=map_location, weights_only=False)
 
-    CheckpointLoader.register_scheme(prefixes="", loader=load_runner_checkpoint, force=True)
+    CheckpointLoader.register_scheme(prefixes="", loader=load_from_local, force=True)
 
 
 _register_runner_checkpoint_loader()
