@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import os.path as osp
 from typing import Iterator, List, Optional
 
@@ -25,8 +24,6 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 from segmentation.datasets import read_class_names
-
-logger = logging.getLogger("mae_transfer.seg")
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -219,11 +216,3 @@ def run_train(cfg: Config) -> Optional[dict]:
 def error_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def exit_code_for(exc: BaseException) -> int:
-    return 2 if isinstance(exc, (FileNotFoundError, ValueError, KeyError)) else 1
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
