@@ -182,10 +182,15 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
         if not osp.isfile(osp.join(cfg.work_dir, "last_checkpoint")):
             print_log(f"--resume: no checkpoint in {cfg.work_dir} yet; starting from iteration 0",
                       logger="current", level=logging.WARNING)
+            return
     else:
         if not osp.isfile(resume):
             raise FileNotFoundError(f"--resume {resume}: no such file")
         cfg.load_from = resume
+    # Every weight comes from the run's checkpoint: the pretraining file is not needed (and may
+    # have moved since the run started).
+    if cfg.model.backbone.get("pretrained"):
+        cfg.model.backbone.pretrained = None
 
 
 def run_test(cfg: Config, checkpoint: str, out: Optional[str] = None) -> dict:

@@ -42,12 +42,9 @@ val_dataloader = dict(
     dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
-    constructor='ViTLayerDecayOptimizerConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.65))
+# The ViT-B recipe's optimizer (AdamW, wd 0.05, layer decay 0.65) at a higher lr for 40 steps; its
+# bf16 AmpOptimWrapper becomes a plain fp32 OptimWrapper on CPU (tools/train_seg.py switches it).
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=5),
     dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=5, end=40),

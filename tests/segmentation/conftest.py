@@ -26,11 +26,12 @@ def tiny_cfg(tiny_config_path, ade_root):
     """The tiny CPU config pointed at the generated ADE-layout shapes set."""
     import segmentation  # noqa: F401
     from mmengine.config import Config
-    from segmentation.entry import set_data_root, sync_num_classes
+    from segmentation.entry import adapt_to_device, set_data_root, sync_num_classes
 
     cfg = Config.fromfile(str(tiny_config_path))
     set_data_root(cfg, str(ade_root))
     sync_num_classes(cfg)
+    adapt_to_device(cfg)
     return cfg
 
 

@@ -67,10 +67,13 @@ def test_pretrained_weights_are_the_starting_point(trained, mae_checkpoint):
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_last_iteration(repo_root, trained, ade_root):
+def test_resume_continues_from_the_last_iteration(repo_root, trained, ade_root, tmp_path):
     work, _ = trained
+    # On resume every weight comes from the run's checkpoint: the pretraining file is not read.
+    unreadable = tmp_path / "moved.pth"
+    unreadable.write_bytes(b"no longer a checkpoint")
     proc = run(repo_root, "train_seg.py", TINY, "--work-dir", work, "--data-root", ade_root,
-               "--resume", "--cfg-options", "train_cfg.max_iters=30", "train_cfg.val_interval=10",
+               "--pretrained", unreadable, "--resume", "--cfg-options", "train_cfg.max_iters=30", "train_cfg.val_interval=10",
                "default_hooks.checkpoint.interval=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = log_text(work)
