@@ -86,7 +86,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
         # pos_embed always keeps the cls slot, as in MAE checkpoints, so the shapes match them.
         self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.pretrain_grid, num_prefix=1))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
         global_set = set(global_blocks)
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], norm_layer,

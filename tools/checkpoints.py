@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -61,15 +60,18 @@ def read_checkpoint(path: str | os.PathLike) -> Tuple[StateDict, dict]:
         else:
             obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:  # not a pickle of ours at all (garbage, another file type)
+            raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
+                                  f"(not a torch or safetensors file)") from exc
         raise CheckpointError(
-            f"refusing to load {path}: it pickles Python objects that could run code "
-            f"(weights_only=True rejected it: {first[:200]})") from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
-            Exception) as exc:
+            f"refusing to load {path}: it pickles a Python object ({found.group(1)}) that could "
+            f"run code; only tensors, numbers and containers are loaded (weights_only=True)"
+        ) from exc
+    except Exception as exc:  # zip/safetensors/EOF errors of a damaged file
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-                              ) from exc
+                              f"({type(exc).__name__}: {detail})") from exc
     return _unwrap(obj, path, meta)
 
 

@@ -1,0 +1,259 @@
+"""Pretraining data: any folder of images (recursively), MAE's augmentation, resumable sampling.
+
+Design choices, each for a reason:
+- Every random decision for a sample (crop, flip, and the mask noise) comes from a generator
+  seeded by ``(seed, epoch, index)``. Results then do not depend on the number of workers, the
+  rank, or where a run was interrupted, which is what makes ``--resume`` bit-for-bit.
+- The sampler yields ``(epoch, index)`` pairs, so persistent workers (which keep their own copy
+  of the dataset) still know the epoch.
+- JPEGs are decoded at a reduced size (``Image.draft``, DCT scaling by 1/2, 1/4, 1/8) whenever the
+  sampled crop stays at least ``input_size`` pixels on each side: most RandomResizedCrop crops of
+  full-size photos are decoded several times faster.
+- Batches are uint8 ``(B, H, W, 3)``: four times less to pin and copy than float, and
+  ``permute(0, 3, 1, 2)`` on the device gives a channels-last NCHW view without a copy.
+  Normalisation happens on the device (``normalize_batch``).
+- An unreadable image is logged with its path and replaced by the next readable one, so a batch
+  keeps its size (and every rank its step count) and a bad file never stops a run.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import signal
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+logger = logging.getLogger("mae_transfer.pretrain.data")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Consecutive unreadable files tolerated before giving up (a folder of broken files is an error).
+MAX_CONSECUTIVE_FAILURES = 50
+
+
+class DatasetError(ValueError):
+    """A data folder that cannot be used; the message is one line that says why."""
+
+
+def find_images(root: str | os.PathLike) -> List[Path]:
+    """Every image file under ``root`` (recursively, symlinks followed), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data path {root} is not a directory")
+    files = sorted(Path(d) / f for d, _, names in os.walk(root, followlinks=True) for f in names
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise DatasetError(f"no images found under {root} (looked recursively for "
+                           f"{', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def sample_crop(rng: np.random.Generator, width: int, height: int,
+                scale: Tuple[float, float] = (0.2, 1.0),
+                ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
+    """RandomResizedCrop's box ``(left, top, w, h)``: area fraction in ``scale``, log-uniform
+    aspect ratio in ``ratio``, 10 tries, then a centre crop clamped to ``ratio``."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def draft_scale(crop_w: int, crop_h: int, out_size: int) -> int:
+    """Largest JPEG DCT reduction (1, 2, 4, 8) that keeps the crop >= ``out_size`` on both sides."""
+    limit = min(crop_w, crop_h) // out_size
+    for s in (8, 4, 2):
+        if limit >= s:
+            return s
+    return 1
+
+
+def load_crop(path: Path, rng: np.random.Generator, out_size: int,
+              scale: Tuple[float, float] = (0.2, 1.0), flip: bool = True,
+              draft: bool = True) -> np.ndarray:
+    """Random resized crop (bicubic) + horizontal flip of one image file: uint8 ``(S, S, 3)``."""
+    with Image.open(path) as img:
+        left, top, w, h = sample_crop(rng, img.width, img.height, scale)
+        s = draft_scale(w, h, out_size) if draft else 1
+        if s > 1:
+            # Requesting (W // s, H // s) makes PIL's JPEG decoder pick exactly reduction s;
+            # other formats ignore draft (None), and are decoded at full size.
+            full_width = img.width
+            drafted = img.draft("RGB", (max(1, img.width // s), max(1, img.height // s)))
+            s = full_width / drafted[1][2] if drafted else 1
+        rgb = img.convert("RGB")
+    box = (left / s, top / s, (left + w) / s, (top + h) / s)
+    out = rgb.resize((out_size, out_size), Image.BICUBIC, box=box)
+    arr = np.array(out)  # a writable copy (torch refuses to wrap read-only arrays)
+    if flip and rng.random() < 0.5:
+        arr = np.ascontiguousarray(arr[:, ::-1])
+    return arr
+
+
+#: Independent random streams of one sample.
+NOISE_STREAM, CROP_STREAM = 0, 1
+
+
+def sample_rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Generator:
+    """The generator behind the random choices (``stream``: mask noise or crop + flip) for
+    ``index`` in ``epoch``."""
+    return np.random.default_rng([seed, epoch, index, stream])
+
+
+class ImageFolderMAE(Dataset):
+    """Images under ``root`` (recursively) with MAE's augmentation and per-sample mask noise.
+
+    ``__getitem__((epoch, index))`` returns a uint8 image ``(S, S, 3)`` and float32 mask noise
+    ``(num_patches,)``; a plain ``index`` means epoch 0. With ``num_patches=0`` the noise is an empty tensor.
+    """
+
+    def __init__(self, root: str | os.PathLike, input_size: int = 224, num_patches: int = 0,
+                 seed: int = 0, scale: Tuple[float, float] = (0.2, 1.0), flip: bool = True,
+                 draft: bool = True):
+        self.root = Path(root)
+        self.files = find_images(self.root)
+        self.input_size = input_size
+        self.num_patches = num_patches
+        self.seed = seed
+        self.scale = scale
+        self.flip = flip
+        self.draft = draft
+        self._reported: set = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key) -> Tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        noise_rng = sample_rng(self.seed, epoch, index, NOISE_STREAM)
+        noise = torch.from_numpy(noise_rng.random(self.num_patches, dtype=np.float32))
+        for attempt in range(min(MAX_CONSECUTIVE_FAILURES, len(self.files))):
+            path = self.files[(index + attempt) % len(self.files)]
+            # A fresh crop generator per attempt: a substitute image gets the crop it would
+            # have had in this slot, whatever a failed file consumed.
+            rng = sample_rng(self.seed, epoch, index, CROP_STREAM)
+            try:
+                img = load_crop(path, rng, self.input_size, self.scale, self.flip, self.draft)
+                return torch.from_numpy(img), noise
+            except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+                self._report(path, exc)
+        raise DatasetError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images starting at "
+                           f"{self.files[index]}: is {self.root} an image folder?")
+
+    def _report(self, path: Path, exc: Exception) -> None:
+        if path in self._reported:
+            return
+        self._reported.add(path)
+        logger.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__,
+                       str(exc).splitlines()[0][:200] if str(exc) else "")
+
+
+class ResumableSampler(Sampler):
+    """Epoch-seeded shuffling, split across ranks, that can start mid-epoch.
+
+    Yields ``(epoch, index)``. Each epoch holds ``steps_per_epoch * batch_size`` samples per rank
+    (default: as many full global batches as the data gives; a larger value cycles through further
+    permutations). ``set_epoch(epoch, start_step)`` skips the batches already done.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, num_replicas: int = 1, rank: int = 0,
+                 seed: int = 0, shuffle: bool = True, steps_per_epoch: Optional[int] = None):
+        global_batch = batch_size * num_replicas
+        if num_items < global_batch and steps_per_epoch is None:
+            raise DatasetError(f"the dataset has {num_items} images, fewer than one global batch "
+                               f"({batch_size} x {num_replicas} processes = {global_batch})")
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.steps_per_epoch = steps_per_epoch or num_items // global_batch
+        self.epoch = 0
+        self.start_step = 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch = epoch
+        self.start_step = start_step
+
+    def epoch_order(self, epoch: int) -> List[int]:
+        """This rank's indices for ``epoch`` (all of its steps, from step 0)."""
+        needed = self.steps_per_epoch * self.batch_size * self.num_replicas
+        order: List[int] = []
+        cycle = 0
+        while len(order) < needed:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1_009 + cycle)
+                order += torch.randperm(self.num_items, generator=g).tolist()
+            else:
+                order += list(range(self.num_items))
+            cycle += 1
+        return order[:needed][self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        order = self.epoch_order(self.epoch)[self.start_step * self.batch_size:]
+        return iter([(self.epoch, i) for i in order])
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.batch_size
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM/SIGUSR1.
+
+    Cluster schedulers signal every process of a job; a worker killed by it would crash the
+    main process at its next batch, before it could save. The main process handles the signal
+    (saves, stops) and then shuts its workers down itself.
+    """
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def normalize_batch(batch: torch.Tensor, device: torch.device,
+                    mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 ``(B, H, W, 3)`` -> normalised float32 ``(B, 3, H, W)`` on ``device``, channels-last.
+
+    The copy to the device is non-blocking (the loader pins memory on CUDA); the permute is a view,
+    so the result has channels-last strides, the layout the patch-embedding convolution prefers.
+    """
+    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    mean_t, std_t = _pixel_stats(device, tuple(mean), tuple(std))
+    return (x - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_stats(device: torch.device, mean: Tuple[float, ...], std: Tuple[float, ...]):
+    """Mean and std in 0-255 units, made on the device once: a fresh ``torch.tensor(...,
+    device='cuda')`` every step would be a synchronising copy from pageable memory."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0,
+            torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0)
+
+
+def denormalize(imgs: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Normalised ``(B, 3, H, W)`` -> float in [0, 1] (clamped), for pictures."""
+    m = torch.tensor(mean, device=imgs.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=imgs.device).view(1, 3, 1, 1)
+    return (imgs.float() * s + m).clamp(0, 1)
