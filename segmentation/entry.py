@@ -200,7 +200,9 @@ def run_test(cfg: Config, checkpoint: str, out: Optional[str] = None) -> dict:
     cfg.load_from = checkpoint
     cfg.resume = False
     # The weights come from the checkpoint: do not read the pretraining file at all.
-    cfg.model.backbone.pretrained = None
+    cfg.model.pretrained = None
+    if "pretrained" in cfg.model.backbone:
+        cfg.model.backbone.pretrained = None
     out = out or osp.join(cfg.work_dir, "test_results.json")
     ensure_results_hook(cfg, test_json=out)
     runner = build_runner(cfg)
@@ -215,7 +217,9 @@ def run_train(cfg: Config) -> Optional[dict]:
     runner = build_runner(cfg)
     runner.train()
     path = latest_val_results(cfg.work_dir)
-    return read_results(path) if path else None
+    record = read_results(path) if path else None
+    # Only this run's final validation (not a file left by an earlier run in the same work dir).
+    return record if record and record.get("iter") == runner.iter else None
 
 
 def error_line(exc: BaseException) -> str:
