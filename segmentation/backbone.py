@@ -114,8 +114,16 @@ class MAEViT(VisionTransformer):
 
     def load_pretrained(self, path: str) -> LoadReport:
         """Load ViT weights from ``path`` (any format ``load_pretrained`` reads); log the result."""
-        with self._encoder_only():
-            report = load_pretrained(self, path)
+        # load_pretrained logs raw key lists; they are re-reported below, classified (new rel-pos
+        # tables and the unused final norm are expected here), into the run's log.
+        load_logger = logging.getLogger("mae_transfer.load")
+        level = load_logger.level
+        load_logger.setLevel(logging.ERROR)
+        try:
+            with self._encoder_only():
+                report = load_pretrained(self, path)
+        finally:
+            load_logger.setLevel(level)
         print_log(f"MAEViT: loaded pretrained weights from {path} "
                   f"(resized: {report.resized_keys or 'none'}; "
                   f"dropped {len(report.dropped_keys)} non-encoder keys)", logger="current")

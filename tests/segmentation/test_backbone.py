@@ -134,3 +134,28 @@ def test_pretrained_given_twice_is_an_error(mae_checkpoint):
         mini(pretrained="a.pth", init_cfg=dict(type="Pretrained", checkpoint="b.pth"))
     with pytest.raises(ValueError, match="only init_cfg"):
         mini(init_cfg=dict(type="Kaiming"))
+
+
+def test_checkpoints_written_by_pretrain_load_without_missing_keys(tmp_path):
+    """pretrain/'s two outputs: the training checkpoint (full MAE) and the encoder export."""
+    from pretrain.checkpoint import atomic_save
+    from pretrain.model import build_mae
+
+    torch.manual_seed(3)
+    mae = build_mae("mae_vit_mini_patch16", img_size=64)
+    with torch.no_grad():
+        for p in mae.parameters():
+            p.normal_()
+    encoder = mae.encoder_state_dict()
+    training = atomic_save({"model": mae.state_dict(), "epoch": 2, "global_step": 8},
+                           tmp_path / "checkpoint-last.pth")
+    export = write_checkpoint(encoder, tmp_path / "encoder.safetensors", "ours",
+                              meta={"arch": "vit_mini_patch16", "img_size": [64, 64],
+                                    "patch_size": [16, 16]})
+    for path in (training, export):
+        model = mini(use_rel_pos=False, final_norm=True, pretrained=str(path))
+        model.init_weights()
+        assert model.load_report.missing_keys == [], path.name
+        assert model.load_report.unexpected_keys == [], path.name
+        own = model.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in encoder.items())

@@ -92,3 +92,23 @@ def test_full_configs_and_device_switch(repo_root):
     adapt_to_device(b, cuda=False)
     assert b.optim_wrapper.type == "OptimWrapper" and "dtype" not in b.optim_wrapper
     assert b.env_cfg.dist_cfg.backend == "gloo"
+
+
+def test_mmengine_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    """A write that fails midway leaves the previous file intact and no temporary behind."""
+    import os
+
+    from mmengine.fileio.backends.local_backend import LocalBackend
+
+    target = tmp_path / "iter_10.pth"
+    LocalBackend().put(b"first", target)
+    assert target.read_bytes() == b"first"
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        LocalBackend().put(b"second, cut short", target)
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["iter_10.pth"]
