@@ -9,21 +9,19 @@ Writes are atomic (temp file + rename), so a crash never leaves a half-written r
 from __future__ import annotations
 
 import json
-import os
 import os.path as osp
 from typing import Dict, Optional
 
+from segmentation import compat  # noqa: F401  (atomic local writes; before mmengine / mmseg)
 from mmengine.dist import master_only
+from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 
 def write_json_atomic(obj, path: str) -> str:
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    """JSON to ``path`` through MMEngine's local backend, atomic once ``segmentation.compat`` ran."""
+    LocalBackend().put(json.dumps(obj, indent=2).encode("utf-8"), path)
     return path
 
 
