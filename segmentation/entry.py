@@ -5,8 +5,9 @@ The config adaptations, each logged, are what a user would otherwise edit by han
 - ``--data-root``: one path for the train / val / test sets (ADE20K or any folder in its layout);
   when the root has a ``classes.txt``, the decode and auxiliary heads get that many classes.
 - ``--pretrained``: the backbone's weights (any format ``backbones.load_pretrained`` reads).
-- device: MMEngine's ``AmpOptimWrapper`` is GPU only, and NCCL needs GPUs; without CUDA the run
-  uses a plain ``OptimWrapper`` (fp32) and the gloo backend, so the same config runs on a laptop.
+- device: MMEngine's ``AmpOptimWrapper`` is GPU only; without CUDA the run uses a plain
+  ``OptimWrapper`` (fp32), so the same config runs on a laptop (one process: MMEngine's
+  multi-process launchers need GPUs, and are refused with a one-line error there).
 - the ``SegResultsJSONHook`` is added if a config lacks it, so every evaluation leaves JSON.
 - ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile).
 """
@@ -104,10 +105,17 @@ def set_pretrained(cfg: Config, path: str) -> None:
 
 
 def adapt_to_device(cfg: Config, cuda: Optional[bool] = None) -> None:
-    """Without CUDA: AmpOptimWrapper -> OptimWrapper (fp32), NCCL -> gloo; logged."""
+    """Without CUDA: AmpOptimWrapper -> OptimWrapper (fp32), logged.
+
+    Multi-process launchers are refused without CUDA: MMEngine's ``pytorch`` launcher calls
+    ``torch.cuda.set_device`` in every process.
+    """
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
         return
+    if cfg.get("launcher", "none") != "none":
+        raise ValueError(f"--launcher {cfg.launcher} needs GPUs (MMEngine binds each process to a "
+                         f"CUDA device); on CPU run one process without --launcher")
     ow = cfg.get("optim_wrapper")
     if isinstance(ow, dict) and ow.get("type") == "AmpOptimWrapper":
         for key in ("dtype", "loss_scale", "use_fsdp"):
@@ -115,9 +123,6 @@ def adapt_to_device(cfg: Config, cuda: Optional[bool] = None) -> None:
         ow["type"] = "OptimWrapper"
         print_log("no CUDA: AmpOptimWrapper -> OptimWrapper (fp32 training)", logger="current",
                   level=logging.WARNING)
-    dist_cfg = cfg.get("env_cfg", {}).get("dist_cfg", {})
-    if dist_cfg.get("backend") == "nccl":
-        dist_cfg["backend"] = "gloo"
 
 
 def ensure_results_hook(cfg: Config, test_json: Optional[str] = None) -> None:

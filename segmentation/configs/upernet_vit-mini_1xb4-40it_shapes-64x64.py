@@ -53,5 +53,5 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=40, val_interval=20)
 default_hooks = dict(
     logger=dict(interval=5),
     checkpoint=dict(interval=20, max_keep_ckpts=2))
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+env_cfg = dict(cudnn_benchmark=False)
 randomness = dict(seed=0)

@@ -91,7 +91,9 @@ def test_full_configs_and_device_switch(repo_root):
     assert gpu.optim_wrapper.type == "AmpOptimWrapper" and gpu.optim_wrapper.dtype == "bfloat16"
     adapt_to_device(b, cuda=False)
     assert b.optim_wrapper.type == "OptimWrapper" and "dtype" not in b.optim_wrapper
-    assert b.env_cfg.dist_cfg.backend == "gloo"
+    b.launcher = "pytorch"
+    with pytest.raises(ValueError, match="--launcher pytorch needs GPUs"):
+        adapt_to_device(b, cuda=False)
 
 
 def test_mmengine_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
