@@ -172,11 +172,11 @@ class VisionTransformer(nn.Module):
         return {"pos_embed", "cls_token"}
 
 
-def build_vit(name: str = "vit_base_patch16", img_size=224, **overrides) -> VisionTransformer:
-    """Build a named ViT (``VIT_ARCHS``) at ``img_size``; any constructor argument can be overridden.
+def vit_kwargs(name: str = "vit_base_patch16", **overrides) -> Dict:
+    """Constructor arguments of ``VisionTransformer`` for a named ViT (``VIT_ARCHS``) + overrides.
 
-    ``build_vit('custom', patch_size=8, embed_dim=96, depth=3, num_heads=3)`` builds an unnamed
-    size: with overrides for all four architecture numbers the name is only a label.
+    Split out of ``build_vit`` for framework backbones that subclass ``VisionTransformer`` (so
+    their parameters keep the plain ``blocks.{i}`` names) but resolve names the same way.
     """
     arch_keys = {"patch_size", "embed_dim", "depth", "num_heads"}
     if name in VIT_ARCHS:
@@ -187,4 +187,13 @@ def build_vit(name: str = "vit_base_patch16", img_size=224, **overrides) -> Visi
         raise ValueError(f"unknown ViT {name!r}: choose one of {sorted(VIT_ARCHS)} or give "
                          f"{sorted(arch_keys)} as overrides")
     kwargs.update(overrides)
-    return VisionTransformer(img_size=img_size, **kwargs)
+    return kwargs
+
+
+def build_vit(name: str = "vit_base_patch16", img_size=224, **overrides) -> VisionTransformer:
+    """Build a named ViT (``VIT_ARCHS``) at ``img_size``; any constructor argument can be overridden.
+
+    ``build_vit('custom', patch_size=8, embed_dim=96, depth=3, num_heads=3)`` builds an unnamed
+    size: with overrides for all four architecture numbers the name is only a label.
+    """
+    return VisionTransformer(img_size=img_size, **vit_kwargs(name, **overrides))

@@ -1,0 +1,16 @@
+"""MMSegmentation side of mae-transfer: UperNet on the shared ViT.
+
+Importing this package (configs do it through ``custom_imports``) first applies
+``segmentation.compat`` (mmcv-lite, torch >= 2.6 checkpoint loading), then registers, in MMSeg's
+and MMEngine's registries: the ``MAEViT`` backbone, the ``ADELayoutDataset``, the
+``PerClassIoUMetric``, the ``SegResultsJSONHook`` and the ``ViTLayerDecayOptimizerConstructor``.
+"""
+from segmentation import compat  # noqa: F401  (must run before any mmseg / mmcv import)
+from segmentation.backbone import MAEViT, default_out_indices
+from segmentation.datasets import ADELayoutDataset, read_class_names
+from segmentation.hooks import SegResultsJSONHook
+from segmentation.metrics import PerClassIoUMetric
+from segmentation.optim_constructor import ViTLayerDecayOptimizerConstructor
+
+__all__ = ["MAEViT", "default_out_indices", "ADELayoutDataset", "read_class_names",
+           "SegResultsJSONHook", "PerClassIoUMetric", "ViTLayerDecayOptimizerConstructor"]

@@ -11,14 +11,26 @@ Import this module before ``mmseg``; every fix is a no-op where not needed:
   hub, numpy arrays) then fail on ``resume`` / ``load_from`` / test with ``UnpicklingError``. Only
   MMEngine's own local checkpoint loader is switched to ``weights_only=False``; pretrained weights
   that users hand in go through ``backbones.load_pretrained`` (``weights_only=True``).
+- MMEngine writes checkpoints in place (``LocalBackend.put``: open, write), so a crash or a full
+  disk mid-write leaves a truncated ``iter_N.pth`` that looks like a checkpoint. Local writes go
+  to a temporary file in the same folder, flushed to disk, then renamed over the target; the
+  ``last_checkpoint`` pointer is only written after that, so ``--resume`` never meets a partial
+  file.
+- setuptools 77-81 warns "pkg_resources is deprecated" each time MMEngine imports it (to resolve
+  ``mmseg::`` base configs), four times per run; the warning says nothing a user can act on
+  (setuptools < 82 is pinned because MMEngine needs it), so only that message is filtered.
 """
 from __future__ import annotations
 
+import os
 import os.path as osp
+import warnings
 
 import torch
 
 from tools.stand_in import install_stand_in
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 HAS_STAND_IN_EXTENSION = install_stand_in("mmcv._ext")
 
@@ -26,13 +38,43 @@ HAS_STAND_IN_EXTENSION = install_stand_in("mmcv._ext")
 def _register_runner_checkpoint_loader() -> None:
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    def load_runner_checkpoint(filename, map_location):
+    # MMEngine logs "Loads checkpoint by <name[10:]> backend": this name reads "local".
+    def load_from_local(filename, map_location):
         filename = osp.expanduser(filename)
         if not osp.isfile(filename):
             raise FileNotFoundError(f"{filename} can not be found.")
         return torch.load(filename, map_location=map_location, weights_only=False)
 
-    CheckpointLoader.register_scheme(prefixes="", loader=load_runner_checkpoint, force=True)
+    CheckpointLoader.register_scheme(prefixes="", loader=load_from_local, force=True)
 
 
 _register_runner_checkpoint_loader()
+
+
+def _make_local_writes_atomic() -> None:
+    from mmengine.fileio.backends.local_backend import LocalBackend
+
+    if getattr(LocalBackend.put, "__mae_transfer_atomic__", False):
+        return
+
+    def put(self, obj: bytes, filepath) -> None:
+        filepath = os.fspath(filepath)
+        folder = osp.dirname(osp.abspath(filepath))
+        os.makedirs(folder, exist_ok=True)
+        tmp = osp.join(folder, f".{osp.basename(filepath)}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(obj)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, filepath)
+        finally:
+            if osp.exists(tmp):
+                os.remove(tmp)
+
+    put.__doc__ = LocalBackend.put.__doc__
+    put.__mae_transfer_atomic__ = True
+    LocalBackend.put = put
+
+
+_make_local_writes_atomic()

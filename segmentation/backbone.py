@@ -1,0 +1,164 @@
+"""``MAEViT``: the shared ViT as an MMSegmentation backbone (registered in ``mmseg.registry.MODELS``).
+
+It *is* a ``backbones.VisionTransformer`` (a subclass, built from the same named architectures as
+``build_vit``), so inside an ``EncoderDecoder`` its parameters are ``backbone.blocks.{i}...``,
+``backbone.pos_embed`` ...: the names ``tools.checkpoints`` writes for the ``mmseg`` format and
+that ``tools.lr_decay`` reads layer ids from. On top sits ``backbones.MultiScaleAdapter``
+(``backbone.adapter.*``) that turns the stride-16 maps of four evenly spaced blocks into the
+stride 4 / 8 / 16 / 32 pyramid that UperNet expects; UPerHead and FCNHead are MMSeg's own.
+
+Pretrained weights (``pretrained=PATH`` or ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``)
+go through ``backbones.load_pretrained``, not MMEngine's loader: every format it reads works
+(official MAE with decoder keys, timm, ours, Detectron2, MMSeg), ``pos_embed`` is resized to the
+512 px grid, and missing / unexpected keys are logged by name in the run's log.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_norm_layer
+from mmengine.logging import print_log
+
+from backbones.loading import LoadReport, load_pretrained
+from backbones.multiscale import UPERNET_SCALES, MultiScaleAdapter
+from backbones.vit import VisionTransformer, vit_kwargs
+from mmseg.registry import MODELS
+
+#: Block fractions of the BEiT / MAE UperNet recipe: blocks 3, 5, 7, 11 of 12; 7, 11, 15, 23 of 24.
+RECIPE_FRACTIONS = (1 / 3, 1 / 2, 2 / 3, 1.0)
+
+
+def default_out_indices(depth: int, num_outs: int = 4) -> List[int]:
+    """Evenly spaced block indices that end at the last block (the recipe's for 4 outputs)."""
+    if num_outs == len(RECIPE_FRACTIONS) and depth >= num_outs:
+        indices = [int(round(depth * f)) - 1 for f in RECIPE_FRACTIONS]
+    else:
+        indices = [int(round((depth - 1) * (i + 1) / num_outs)) for i in range(num_outs)]
+    if len(set(indices)) != num_outs or min(indices) < 0:
+        raise ValueError(f"cannot pick {num_outs} distinct blocks out of {depth}")
+    return indices
+
+
+def _pretrained_path(pretrained: Optional[str], init_cfg) -> Optional[str]:
+    if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
+        if pretrained is not None and pretrained != init_cfg.get("checkpoint"):
+            raise ValueError("give the pretrained weights once: `pretrained` or "
+                             "init_cfg=dict(type='Pretrained', checkpoint=...), not both")
+        return init_cfg.get("checkpoint")
+    if init_cfg is not None:
+        raise ValueError(f"MAEViT accepts only init_cfg=dict(type='Pretrained', checkpoint=PATH), "
+                         f"got {init_cfg}")
+    return pretrained
+
+
+@MODELS.register_module()
+class MAEViT(VisionTransformer):
+    """Shared ViT + multi-scale adapter; ``forward(img)`` -> tuple of 4 maps, strides 4 to 32.
+
+    Args:
+        arch: a ``backbones.VIT_ARCHS`` name (``vit_base_patch16``, ``vit_large_patch16`` ...).
+        img_size: training crop; sets the grid ``pos_embed`` and the rel-pos tables are sized for.
+        out_indices: blocks whose maps feed the adapter (default: evenly spaced, see
+            ``default_out_indices``).
+        drop_path_rate, use_rel_pos, final_norm, window_size, global_blocks, grad_checkpointing,
+        fused_attn, ...: passed to ``VisionTransformer`` (any of its arguments can be given).
+        norm_cfg: MMCV norm config for the adapter's x4 branch (SyncBN as in MMSeg's MAE config;
+            the Runner turns it into BatchNorm on a single process).
+        pretrained / init_cfg: weights file for the ViT, read by ``backbones.load_pretrained``.
+    """
+
+    def __init__(self, arch: str = "vit_base_patch16", img_size=512,
+                 out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.1,
+                 use_rel_pos: bool = True, final_norm: bool = False,
+                 scales: Sequence[float] = UPERNET_SCALES,
+                 norm_cfg: dict = dict(type="SyncBN", requires_grad=True),
+                 pretrained: Optional[str] = None, init_cfg=None, **vit_overrides):
+        super().__init__(img_size=img_size,
+                         **vit_kwargs(arch, drop_path_rate=drop_path_rate, use_rel_pos=use_rel_pos,
+                                      final_norm=final_norm, **vit_overrides))
+        self.arch_name = arch
+        self.out_indices = (default_out_indices(self.depth, len(scales)) if out_indices is None
+                            else [int(i) for i in out_indices])
+        if len(self.out_indices) != len(scales):
+            raise ValueError(f"{len(self.out_indices)} out_indices for {len(scales)} pyramid "
+                             f"scales {tuple(scales)}: give one block per scale")
+        if any(not 0 <= i < self.depth for i in self.out_indices):
+            raise ValueError(f"out_indices {self.out_indices} outside the {self.depth} blocks")
+        self.adapter = MultiScaleAdapter(self.embed_dim, scales,
+                                         norm_layer=lambda c: build_norm_layer(norm_cfg, c)[1])
+        self.pretrained = _pretrained_path(pretrained, init_cfg)
+        self.is_init = False
+        self.load_report: Optional[LoadReport] = None
+
+    @property
+    def strides(self) -> List[int]:
+        """Output strides, e.g. [4, 8, 16, 32] for patch 16."""
+        return self.adapter.strides(self.patch_size[0])
+
+    @contextlib.contextmanager
+    def _encoder_only(self):
+        """Hide the adapter so ``load_pretrained`` sees exactly the ViT's keys.
+
+        A pretrained file never holds the adapter; without this its weights would be listed as
+        "missing" on every load and drown the keys that really are.
+        """
+        adapter = self._modules.pop("adapter")
+        try:
+            yield self
+        finally:
+            self._modules["adapter"] = adapter
+
+    def load_pretrained(self, path: str) -> LoadReport:
+        """Load ViT weights from ``path`` (any format ``load_pretrained`` reads); log the result."""
+        # load_pretrained logs raw key lists; they are re-reported below, classified (new rel-pos
+        # tables and the unused final norm are expected here), into the run's log.
+        load_logger = logging.getLogger("mae_transfer.load")
+        level = load_logger.level
+        load_logger.setLevel(logging.ERROR)
+        try:
+            with self._encoder_only():
+                report = load_pretrained(self, path)
+        finally:
+            load_logger.setLevel(level)
+        print_log(f"MAEViT: loaded pretrained weights from {path} "
+                  f"(resized: {report.resized_keys or 'none'}; "
+                  f"dropped {len(report.dropped_keys)} non-encoder keys)", logger="current")
+        new_tables = [k for k in report.missing_keys if k.endswith(("rel_pos_h", "rel_pos_w"))]
+        missing = [k for k in report.missing_keys if k not in new_tables]
+        if new_tables:
+            print_log(f"MAEViT: {len(new_tables)} relative-position tables are new in fine-tuning "
+                      f"(not in the checkpoint; they start at zero)", logger="current")
+        unused_norm = [k for k in report.unexpected_keys
+                       if k in ("norm.weight", "norm.bias") and isinstance(self.norm, nn.Identity)]
+        unexpected = [k for k in report.unexpected_keys if k not in unused_norm]
+        if unused_norm:
+            print_log("MAEViT: the checkpoint's final norm is not used (final_norm=False: the "
+                      "pyramid takes un-normed block outputs, as in the UperNet recipe)",
+                      logger="current")
+        print_log(f"MAEViT: missing keys: {missing or 'none'}", logger="current",
+                  level=logging.WARNING if missing else logging.INFO)
+        print_log(f"MAEViT: unexpected keys: {unexpected or 'none'}", logger="current",
+                  level=logging.WARNING if unexpected else logging.INFO)
+        self.load_report = report
+        return report
+
+    def init_weights(self) -> None:
+        """Called once by the Runner before training (not on test): load the pretrained ViT.
+
+        The random init (MAE's) happened at construction; a resumed run overwrites everything
+        afterwards from its own checkpoint.
+        """
+        if self.pretrained:
+            self.load_pretrained(self.pretrained)
+        else:
+            print_log("MAEViT: no pretrained weights given; the ViT starts from random init",
+                      logger="current", level=logging.WARNING)
+        self.is_init = True
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        maps = self.forward_maps(x, self.out_indices)
+        return tuple(self.adapter(maps))

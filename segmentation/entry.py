@@ -1,0 +1,232 @@
+"""What ``tools/train_seg.py`` and ``tools/test_seg.py`` do: read a config, adapt it, run MMEngine.
+
+The config adaptations, each logged, are what a user would otherwise edit by hand:
+
+- ``--data-root``: one path for the train / val / test sets (ADE20K or any folder in its layout);
+  when the root has a ``classes.txt``, the decode and auxiliary heads get that many classes.
+- ``--pretrained``: the backbone's weights (any format ``backbones.load_pretrained`` reads).
+- device: MMEngine's ``AmpOptimWrapper`` is GPU only; without CUDA the run uses a plain
+  ``OptimWrapper`` (fp32), so the same config runs on a laptop (one process: MMEngine's
+  multi-process launchers need GPUs, and are refused with a one-line error there).
+- the ``SegResultsJSONHook`` is added if a config lacks it, so every evaluation leaves JSON.
+- ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os.path as osp
+from typing import Iterator, List, Optional
+
+from segmentation import compat  # noqa: F401  (before mmseg / mmengine runner imports)
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+
+from segmentation.datasets import read_class_names
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("config", help="MMSeg config file (see segmentation/configs/)")
+    ap.add_argument("--work-dir", help="where logs, checkpoints and results go "
+                                       "(default: ./work_dirs/<config name>)")
+    ap.add_argument("--data-root", help="dataset root in the ADE20K layout "
+                                        "(images/{training,validation}, annotations/...)")
+    ap.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+                    help="override config entries, e.g. train_cfg.max_iters=100")
+    ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                    help="job launcher (pytorch: run under torchrun for multi-GPU)")
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def _datasets(cfg: Config) -> Iterator[dict]:
+    """Every dataset dict of the train / val / test loaders, wrappers (Concat, Repeat) unwrapped."""
+    def walk(ds):
+        if not isinstance(ds, dict):
+            return
+        if "dataset" in ds:
+            yield from walk(ds["dataset"])
+        elif "datasets" in ds:
+            for sub in ds["datasets"]:
+                yield from walk(sub)
+        else:
+            yield ds
+
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = cfg.get(key)
+        if isinstance(loader, dict):
+            yield from walk(loader.get("dataset"))
+
+
+def _heads(cfg: Config) -> List[dict]:
+    heads = []
+    for key in ("decode_head", "auxiliary_head"):
+        head = cfg.model.get(key)
+        heads += head if isinstance(head, list) else [head] if isinstance(head, dict) else []
+    return heads
+
+
+def set_data_root(cfg: Config, data_root: str) -> None:
+    if not osp.isdir(data_root):
+        raise FileNotFoundError(f"--data-root {data_root} is not a folder")
+    cfg.data_root = data_root
+    for ds in _datasets(cfg):
+        ds["data_root"] = data_root
+    print_log(f"data root: {data_root}", logger="current")
+
+
+def sync_num_classes(cfg: Config) -> Optional[List[str]]:
+    """Give the heads as many classes as the train set's ``classes.txt`` lists (if it has one)."""
+    roots = {ds.get("data_root") for ds in _datasets(cfg)}
+    names_by_root = {r: read_class_names(r) for r in roots if r}
+    lists = {tuple(n) for n in names_by_root.values() if n is not None}
+    if len(lists) > 1:
+        raise ValueError(f"the train / val / test sets list different classes: "
+                         f"{ {r: n for r, n in names_by_root.items()} }")
+    if not lists:
+        return None
+    names = list(lists.pop())
+    for head in _heads(cfg):
+        if head.get("num_classes") != len(names):
+            print_log(f"{head.get('type')}: num_classes {head.get('num_classes')} -> "
+                      f"{len(names)} (classes.txt: {', '.join(names[:8])}"
+                      f"{' ...' if len(names) > 8 else ''})", logger="current")
+            head["num_classes"] = len(names)
+    return names
+
+
+def set_pretrained(cfg: Config, path: str) -> None:
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"--pretrained {path}: no such file")
+    cfg.model.pretrained = None
+    cfg.model.backbone.pretrained = path
+    cfg.model.backbone.pop("init_cfg", None)
+
+
+def adapt_to_device(cfg: Config, cuda: Optional[bool] = None) -> None:
+    """Without CUDA: AmpOptimWrapper -> OptimWrapper (fp32), logged.
+
+    Multi-process launchers are refused without CUDA: MMEngine's ``pytorch`` launcher calls
+    ``torch.cuda.set_device`` in every process.
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:
+        return
+    if cfg.get("launcher", "none") != "none":
+        raise ValueError(f"--launcher {cfg.launcher} needs GPUs (MMEngine binds each process to a "
+                         f"CUDA device); on CPU run one process without --launcher")
+    ow = cfg.get("optim_wrapper")
+    if isinstance(ow, dict) and ow.get("type") == "AmpOptimWrapper":
+        for key in ("dtype", "loss_scale", "use_fsdp"):
+            ow.pop(key, None)
+        ow["type"] = "OptimWrapper"
+        print_log("no CUDA: AmpOptimWrapper -> OptimWrapper (fp32 training)", logger="current",
+                  level=logging.WARNING)
+
+
+def ensure_results_hook(cfg: Config, test_json: Optional[str] = None) -> None:
+    hooks = list(cfg.get("custom_hooks", []) or [])
+    found = [h for h in hooks if h.get("type") == "SegResultsJSONHook"]
+    if not found:
+        hooks.append(dict(type="SegResultsJSONHook"))
+        found = hooks[-1:]
+    if test_json:
+        found[0]["test_json"] = test_json
+    cfg.custom_hooks = hooks
+
+
+def load_config(args) -> Config:
+    """Read ``args.config`` and apply the command-line adaptations shared by train and test."""
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f"no config file {args.config}")
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = (args.work_dir or cfg.get("work_dir")
+                    or osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0]))
+    if args.data_root:
+        set_data_root(cfg, args.data_root)
+    sync_num_classes(cfg)
+    adapt_to_device(cfg)
+    return cfg
+
+
+def build_runner(cfg: Config):
+    from mmengine.runner import Runner
+
+    if "runner_type" in cfg:
+        from mmengine.registry import RUNNERS
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def read_results(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def format_metrics(record: dict) -> str:
+    m = record.get("metrics", {})
+    return "  ".join(f"{k} {v:.2f}" for k, v in m.items())
+
+
+def latest_val_results(work_dir: str) -> Optional[str]:
+    path = osp.join(work_dir, "val_results", "latest.json")
+    return path if osp.isfile(path) else None
+
+
+def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
+    """``--resume`` alone: the work dir's ``last_checkpoint``; ``--resume FILE``: that file."""
+    if resume is None:
+        return
+    cfg.resume = True
+    if resume == "auto":
+        cfg.load_from = None
+        if not osp.isfile(osp.join(cfg.work_dir, "last_checkpoint")):
+            print_log(f"--resume: no checkpoint in {cfg.work_dir} yet; starting from iteration 0",
+                      logger="current", level=logging.WARNING)
+            return
+    else:
+        if not osp.isfile(resume):
+            raise FileNotFoundError(f"--resume {resume}: no such file")
+        cfg.load_from = resume
+    # Every weight comes from the run's checkpoint: the pretraining file is not needed (and may
+    # have moved since the run started).
+    if cfg.model.backbone.get("pretrained"):
+        cfg.model.backbone.pretrained = None
+
+
+def run_test(cfg: Config, checkpoint: str, out: Optional[str] = None) -> dict:
+    """Evaluate ``checkpoint`` on the test set; returns the JSON record written by the hook."""
+    if not osp.isfile(checkpoint):
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    # The weights come from the checkpoint: do not read the pretraining file at all.
+    cfg.model.pretrained = None
+    if "pretrained" in cfg.model.backbone:
+        cfg.model.backbone.pretrained = None
+    out = out or osp.join(cfg.work_dir, "test_results.json")
+    ensure_results_hook(cfg, test_json=out)
+    runner = build_runner(cfg)
+    runner.test()
+    return read_results(out) if osp.isfile(out) else {}
+
+
+def run_train(cfg: Config) -> Optional[dict]:
+    ensure_results_hook(cfg)
+    if cfg.get("compile"):
+        print_log("torch.compile is on", logger="current")
+    runner = build_runner(cfg)
+    runner.train()
+    path = latest_val_results(cfg.work_dir)
+    record = read_results(path) if path else None
+    # Only this run's final validation (not a file left by an earlier run in the same work dir).
+    return record if record and record.get("iter") == runner.iter else None
+
+
+def error_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

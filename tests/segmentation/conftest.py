@@ -1,0 +1,56 @@
+"""Fixtures for the segmentation tests: the tiny config, a pretraining-style checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from segmentation import compat  # noqa: F401  (before mmseg)
+
+TINY_CONFIG = "segmentation/configs/upernet_vit-mini_1xb4-40it_shapes-64x64.py"
+
+
+@pytest.fixture(scope="session")
+def tiny_config_path(repo_root) -> Path:
+    return repo_root / TINY_CONFIG
+
+
+@pytest.fixture(scope="session")
+def ade_root(shapes_dataset) -> Path:
+    return Path(shapes_dataset["ade"])
+
+
+@pytest.fixture
+def tiny_cfg(tiny_config_path, ade_root):
+    """The tiny CPU config pointed at the generated ADE-layout shapes set."""
+    import segmentation  # noqa: F401
+    from mmengine.config import Config
+    from segmentation.entry import adapt_to_device, set_data_root, sync_num_classes
+
+    cfg = Config.fromfile(str(tiny_config_path))
+    set_data_root(cfg, str(ade_root))
+    sync_num_classes(cfg)
+    adapt_to_device(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def mae_checkpoint(tmp_path_factory) -> Path:
+    """An official-MAE-style pretraining file: ``{'model': encoder + decoder_* + mask_token}``.
+
+    vit_mini at 224 px (a 14x14 pos_embed grid, as pretraining writes it), with random weights
+    so that a correct load is visible as equality.
+    """
+    from backbones import build_vit
+
+    torch.manual_seed(1)
+    vit = build_vit("vit_mini_patch16", img_size=224)
+    state = {k: torch.randn_like(v) for k, v in vit.state_dict().items()}
+    state["mask_token"] = torch.zeros(1, 1, 64)
+    state["decoder_embed.weight"] = torch.randn(32, 64)
+    state["decoder_pos_embed"] = torch.zeros(1, 197, 32)
+    state["decoder_blocks.0.norm1.weight"] = torch.ones(32)
+    path = tmp_path_factory.mktemp("mae") / "mae_pretrain_vit_mini.pth"
+    torch.save({"model": state, "epoch": 1}, path)
+    return path

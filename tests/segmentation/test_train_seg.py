@@ -1,0 +1,142 @@
+"""End to end through the entry points: train with pretrained weights, resume, evaluate, demo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+TINY = "segmentation/configs/upernet_vit-mini_1xb4-40it_shapes-64x64.py"
+
+
+def run(repo_root, script, *args, timeout=300):
+    # One thread: the tiny model gains nothing from two, and two spin badly on a shared machine.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(repo_root / "tools" / script), *map(str, args)],
+                          cwd=repo_root, capture_output=True, text=True, timeout=timeout, env=env)
+    return proc
+
+
+def log_text(work_dir: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted(work_dir.glob("*/*.log")))
+
+
+@pytest.fixture(scope="module")
+def trained(repo_root, ade_root, mae_checkpoint, tmp_path_factory):
+    """20 iterations of the tiny config from an MAE-style pretraining file (val + ckpt at 20)."""
+    work = tmp_path_factory.mktemp("seg_run")
+    proc = run(repo_root, "train_seg.py", TINY, "--work-dir", work, "--data-root", ade_root,
+               "--pretrained", mae_checkpoint,
+               "--cfg-options", "train_cfg.max_iters=20", "train_cfg.val_interval=20")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work, proc
+
+
+@pytest.mark.slow
+def test_training_writes_checkpoint_metrics_table_and_json(trained):
+    work, proc = trained
+    assert (work / "iter_20.pth").is_file()
+    assert (work / "last_checkpoint").read_text().strip().endswith("iter_20.pth")
+    record = json.loads((work / "val_results" / "iter_20.json").read_text())
+    assert record["iter"] == 20
+    assert set(record["metrics"]) == {"aAcc", "mIoU", "mAcc"}
+    assert record["classes"] == ["disc", "square", "triangle"]
+    ious = [record["per_class"][c]["IoU"] for c in record["classes"]]
+    assert all(v is None or 0 <= v <= 100 for v in ious)
+    present = [v for v in ious if v is not None]
+    assert record["metrics"]["mIoU"] == pytest.approx(sum(present) / len(present), abs=0.02)
+    log = log_text(work)
+    assert "per class results" in log and "| triangle |" in log
+    assert "MAEViT: loaded pretrained weights" in log and "missing keys: none" in log
+    assert "final validation (iter 20)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_pretrained_weights_are_the_starting_point(trained, mae_checkpoint):
+    """Blocks trained 20 steps at a decayed lr stay close to the pretrained ones, not random."""
+    work, _ = trained
+    state = torch.load(work / "iter_20.pth", map_location="cpu", weights_only=False)["state_dict"]
+    pre = torch.load(mae_checkpoint, weights_only=True)["model"]
+    w, w0 = state["backbone.blocks.0.attn.qkv.weight"], pre["blocks.0.attn.qkv.weight"]
+    assert (w - w0).abs().max() < 0.05 * w0.abs().max()
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_iteration(repo_root, trained, ade_root, tmp_path):
+    work, _ = trained
+    # On resume every weight comes from the run's checkpoint: the pretraining file is not read.
+    unreadable = tmp_path / "moved.pth"
+    unreadable.write_bytes(b"no longer a checkpoint")
+    proc = run(repo_root, "train_seg.py", TINY, "--work-dir", work, "--data-root", ade_root,
+               "--pretrained", unreadable, "--resume", "--cfg-options", "train_cfg.max_iters=30", "train_cfg.val_interval=10",
+               "default_hooks.checkpoint.interval=10")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = log_text(work)
+    assert "resumed epoch: 0, iter: 20" in log
+    assert "Iter(train) [25/30]" in log and "Iter(train) [ 5/30]" not in log
+    ckpt = torch.load(work / "iter_30.pth", map_location="cpu", weights_only=False)
+    assert ckpt["meta"]["iter"] == 30
+    assert json.loads((work / "val_results" / "latest.json").read_text())["iter"] == 30
+    assert "final validation (iter 30)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_eval_only_reproduces_the_validation_metrics(repo_root, trained, ade_root, tmp_path):
+    work, _ = trained
+    out = tmp_path / "test.json"
+    proc = run(repo_root, "test_seg.py", TINY, work / "iter_20.pth", "--data-root", ade_root,
+               "--work-dir", tmp_path / "eval", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    val = json.loads((work / "val_results" / "iter_20.json").read_text())
+    test = json.loads(out.read_text())
+    assert test["metrics"] == val["metrics"] and test["per_class"] == val["per_class"]
+    assert test["checkpoint"] == str(work / "iter_20.pth")
+    assert "test: aAcc" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_writes_overlays_and_label_maps(repo_root, trained, ade_root, tmp_path):
+    work, _ = trained
+    images = sorted((ade_root / "images" / "validation").glob("*.jpg"))[:2]
+    proc = run(repo_root, "demo_seg.py", TINY, work / "iter_20.pth", *images, "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for img in images:
+        src = np.array(Image.open(img))
+        over = np.array(Image.open(tmp_path / f"{img.stem}.png"))
+        labels = np.array(Image.open(tmp_path / f"{img.stem}_labels.png"))
+        assert over.shape == src.shape and labels.shape == src.shape[:2]
+        assert set(np.unique(labels)) <= {1, 2, 3}
+        assert not np.array_equal(over, src)
+    assert proc.stdout.count("->") == 2
+
+
+def test_bad_inputs_are_one_line_errors(repo_root, tmp_path, capsys):
+    sys.path.insert(0, str(repo_root))
+    from tools.train_seg import main
+
+    assert main([TINY, "--data-root", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing" in err[0]
+    assert main([TINY, "--eval-only", "--checkpoint", str(tmp_path / "none.pth")]) == 2
+    assert "none.pth" in capsys.readouterr().err
+    assert main([TINY, "--pretrained", str(tmp_path / "absent.pth")]) == 2
+    assert "absent.pth" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_unreadable_pretrained_file_is_one_line_error(repo_root, ade_root, tmp_path, capsys):
+    sys.path.insert(0, str(repo_root))
+    from tools.train_seg import main
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    assert main([TINY, "--data-root", str(ade_root), "--work-dir", str(tmp_path / "w"),
+                 "--pretrained", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.pth" in err[0] and err[0].startswith("error: ")
