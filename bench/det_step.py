@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+
+from bench.timing import time_step  # noqa: E402
 
 CONFIG = "detection/configs/mask_rcnn_vitdet_b_coco.py"
 VARIANTS = ("fused", "explicit")
@@ -80,19 +80,7 @@ def run_child(args) -> dict:
             optimizer.step()
 
     with EventStorage(0):
-        for _ in range(args.warmup):
-            step()
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        for _ in range(args.iters):
-            step()
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / args.iters
-    peak = (torch.cuda.max_memory_allocated() if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        seconds, peak = time_step(step, args.warmup, args.iters, cuda)
     return {"variant": args.child, "s_per_iter": seconds, "peak_bytes": peak,
             "memory": "cuda max allocated" if cuda else "peak RSS, whole process"}
 

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -80,10 +78,6 @@ def fake_batch(batch: int, size: int, seed: int = 0) -> dict:
     return dict(inputs=inputs, data_samples=samples)
 
 
-def rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kB on Linux
-
-
 def child(args) -> dict:
     from segmentation import compat  # noqa: F401
     import segmentation  # noqa: F401
@@ -92,10 +86,12 @@ def child(args) -> dict:
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
+    from bench.timing import peak_rss_bytes, time_step
+
     init_default_scope("mmseg")
     cuda = args.device == "cuda"
     torch.manual_seed(0)
-    base_rss = rss_gb()
+    base_rss = peak_rss_bytes()
     model = MODELS.build(segmentor_cfg(args.child, args.arch, args.size))
     model.init_weights()
     device = torch.device(args.device)
@@ -108,18 +104,8 @@ def child(args) -> dict:
     def step():
         model.train_step(data, wrapper)
 
-    for _ in range(args.warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.iters):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.iters
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else rss_gb() - base_rss
+    seconds, peak = time_step(step, args.warmup, args.iters, cuda)
+    peak = (peak if cuda else peak - base_rss) / 2 ** 30
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return {"model": args.child, "s_per_iter": seconds, "peak_gb": peak, "params_m": params}
 

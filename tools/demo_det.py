@@ -16,7 +16,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,23 +33,7 @@ from detection.checkpointing import load_init_checkpoint  # noqa: E402
 from detection.cli import (add_dataset_arguments, apply_cpu_threads,  # noqa: E402
                            register_datasets, run_reporting_input_errors)
 from detection.datasets import DatasetError  # noqa: E402
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def list_images(inputs: List[str]) -> List[Path]:
-    """Files as given, folders expanded to their images (sorted); a missing path is an error."""
-    images: List[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            images += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            images.append(item)
-        else:
-            raise FileNotFoundError(f"no image or folder at {item}")
-    if not images:
-        raise FileNotFoundError(f"no images found in {inputs}")
-    return images
+from tools.image_inputs import list_images  # noqa: E402
 
 
 def class_metadata(cfg, num_classes: int):

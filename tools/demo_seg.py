@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,23 +24,7 @@ import segmentation  # noqa: E402,F401
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def expand_images(items: List[str]) -> List[Path]:
-    """Files as given; folders expanded to their images (sorted, not recursive)."""
-    paths: List[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"no image or folder at {p}")
-    if not paths:
-        raise FileNotFoundError(f"no images found in {items}")
-    return paths
+from tools.image_inputs import list_images  # noqa: E402
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -116,7 +99,7 @@ def main(argv=None) -> int:
         from mmseg.apis import inference_model
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        paths = expand_images(args.images)
+        paths = list_images(args.images)
         model = load_segmentor(args.config, args.checkpoint, device)
         classes = list(model.dataset_meta["classes"])
         palette = make_palette(len(classes), model.dataset_meta.get("palette"))

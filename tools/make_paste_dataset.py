@@ -49,12 +49,12 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.annotated_sets import AnnotatedSetWriter, Instance, rasterise  # noqa: E402
+from tools.image_inputs import is_image  # noqa: E402
 
 log = logging.getLogger("mae_transfer.paste")
 
 PACKAGE = "tuxpaint-stamps-default"
 STAMPS_SUBDIR = Path("usr/share/tuxpaint/stamps")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 # --- which stamps are photographs (see docs/paste_dataset.md) -----------------------------------
 SKIP_TOP = ("symbols", "seasonal")          # letters, coins, holiday clip art (issue 6)
@@ -371,7 +371,7 @@ def list_backgrounds(folder: Path, keep_lookalikes: bool = False) -> Tuple[List[
     if not folder.is_dir():
         raise PasteDataError(f"--backgrounds {folder}: no such folder (pass a folder of photos, "
                              f"or set MAE_TRANSFER_DATA to the folder holding imagenet-sample/)")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if is_image(p))
     kept = [p for p in files if keep_lookalikes or not is_lookalike_background(p.name)]
     if not kept:
         raise PasteDataError(f"--backgrounds {folder}: no usable images "

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.demo_det import list_images, main
+from tools.demo_det import main
+from tools.image_inputs import list_images
 
 TINY = Path(__file__).resolve().parents[2] / "detection" / "configs" / "mask_rcnn_vit_mini_cpu.py"
 
