@@ -17,44 +17,16 @@ Framework-free (plain torch): ``detection.backbone`` wraps it as a Detectron2 ``
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, List, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones.layers import LayerNorm2d
+from backbones.layers import LayerNorm2d, resampler
 
 #: ViTDet's factors on a stride-16 map: strides 4, 8, 16, 32 (+ one extra level: 64).
 VITDET_SCALES = (4.0, 2.0, 1.0, 0.5)
-
-
-def _log2_int(value: float, what: str) -> int:
-    k = math.log2(value)
-    if abs(k - round(k)) > 1e-9:
-        raise ValueError(f"{what} must be a power of 2, got {value}")
-    return int(round(k))
-
-
-def _rescaler(scale: float, dim: int, norm_layer: Callable[[int], nn.Module]):
-    """``(module, output channels)`` that resamples a ``dim``-channel map by ``scale``."""
-    steps = _log2_int(scale, "pyramid scale factor")
-    if steps == 0:
-        return nn.Identity(), dim
-    if steps < 0:
-        k = 2 ** -steps
-        return nn.MaxPool2d(kernel_size=k, stride=k), dim
-    if dim % (2 ** steps):
-        raise ValueError(f"{dim} channels cannot be halved {steps} times for scale {scale}")
-    layers: List[nn.Module] = []
-    channels = dim
-    for i in range(steps):
-        layers.append(nn.ConvTranspose2d(channels, channels // 2, kernel_size=2, stride=2))
-        channels //= 2
-        if i < steps - 1:
-            layers += [norm_layer(channels), nn.GELU()]
-    return nn.Sequential(*layers), channels
 
 
 def _conv_norm(in_ch: int, out_ch: int, kernel: int, norm_layer) -> nn.Sequential:
@@ -84,7 +56,7 @@ class SimpleFeaturePyramid(nn.Module):
         self.out_channels = out_channels
         levels = []
         for s in self.scale_factors:
-            rescale, channels = _rescaler(s, in_channels, norm_layer)
+            rescale, channels = resampler(s, in_channels, norm_layer, halve_channels=True)
             levels.append(nn.Sequential(rescale, _conv_norm(channels, out_channels, 1, norm_layer),
                                         _conv_norm(out_channels, out_channels, 3, norm_layer)))
         self.levels = nn.ModuleList(levels)

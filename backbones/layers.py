@@ -1,11 +1,16 @@
 """Small layers the ViT adapters share (framework-free).
 
+``resampler``: the per-scale up/down-sampling both pyramids (ViTDet, UperNet adapter) are built of.
+
 ``LayerNorm2d``: LayerNorm over the channel axis of an NCHW map. Convolutional pyramids and heads
 on top of a ViT (ViTDet's simple feature pyramid, the LayerNorm in its RPN / box / mask convs) use
 it where a CNN would use BatchNorm, because it does not depend on the batch size: detection trains
 with 1-2 images per device, where BatchNorm statistics are noise.
 """
 from __future__ import annotations
+
+import math
+from typing import Callable, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,3 +36,37 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+def _log2_int(value: float) -> int:
+    k = math.log2(value)
+    if abs(k - round(k)) > 1e-9:
+        raise ValueError(f"pyramid scale factor must be a power of 2, got {value}")
+    return int(round(k))
+
+
+def resampler(scale: float, channels: int, norm_layer: Callable[[int], nn.Module],
+              halve_channels: bool) -> Tuple[nn.Module, int]:
+    """``(module, output channels)`` resampling a stride-s map by ``scale`` (a power of 2).
+
+    The one recipe both ViT adapters use: upsampling by ``2**k`` is k stride-2 transposed convs
+    with norm + GELU between them; 1 is identity; downsampling is a max-pool. ViTDet's pyramid
+    halves the channels at every transposed conv (``halve_channels=True``); the UperNet adapter
+    of BEiT / MAE keeps them.
+    """
+    steps = _log2_int(scale)
+    if steps == 0:
+        return nn.Identity(), channels
+    if steps < 0:
+        k = 2 ** -steps
+        return nn.MaxPool2d(kernel_size=k, stride=k), channels
+    if halve_channels and channels % (2 ** steps):
+        raise ValueError(f"{channels} channels cannot be halved {steps} times for scale {scale}")
+    layers: List[nn.Module] = []
+    for i in range(steps):
+        out = channels // 2 if halve_channels else channels
+        layers.append(nn.ConvTranspose2d(channels, out, kernel_size=2, stride=2))
+        channels = out
+        if i < steps - 1:
+            layers += [norm_layer(channels), nn.GELU()]
+    return nn.Sequential(*layers), channels

@@ -8,7 +8,7 @@ BEiT / MAE segmentation recipe takes the maps of four evenly spaced blocks and r
 - x1: identity                                                   (stride 16)
 - x0.5: 2x2 max-pool                                             (stride 16 -> 32)
 
-(x0.25, a 4x4 max-pool, is accepted too, for pyramids that end at stride 64.) Channel counts are
+(Any power-of-2 factor is accepted, e.g. x0.25 for a pyramid that ends at stride 64.) Channel counts are
 kept, so every output has the ViT's width. Framework-free: the norm between the two transposed
 convs is a constructor argument (``BatchNorm2d`` by default; the MMSeg backbone passes SyncBN,
 as MMSeg's MAE config does), and nothing here imports MMSeg or Detectron2.
@@ -20,23 +20,10 @@ from typing import Callable, List, Sequence
 import torch
 import torch.nn as nn
 
+from backbones.layers import resampler
+
 #: The UperNet pyramid from stride-16 maps: strides 4, 8, 16, 32.
 UPERNET_SCALES = (4.0, 2.0, 1.0, 0.5)
-
-
-def _resampler(scale: float, dim: int, norm_layer: Callable[[int], nn.Module]) -> nn.Module:
-    if scale == 4:
-        return nn.Sequential(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
-                             norm_layer(dim), nn.GELU(),
-                             nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
-    if scale == 2:
-        return nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
-    if scale == 1:
-        return nn.Identity()
-    if scale in (0.5, 0.25):
-        k = int(round(1 / scale))
-        return nn.MaxPool2d(kernel_size=k, stride=k)
-    raise ValueError(f"unsupported pyramid scale {scale}: choose from 4, 2, 1, 0.5, 0.25")
 
 
 class MultiScaleAdapter(nn.Module):
@@ -51,7 +38,8 @@ class MultiScaleAdapter(nn.Module):
                  norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
         self.scales = tuple(float(s) for s in scales)
-        self.ops = nn.ModuleList([_resampler(s, dim, norm_layer) for s in self.scales])
+        self.ops = nn.ModuleList([resampler(s, dim, norm_layer, halve_channels=False)[0]
+                                  for s in self.scales])
 
     def strides(self, input_stride: int) -> List[int]:
         """Output strides for input maps of stride ``input_stride`` (16 -> [4, 8, 16, 32])."""
