@@ -55,8 +55,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 #: Full run (about 25 minutes on 2 CPU cores) and the CI run (about a minute).
 PRESETS = {
-    "full": dict(photos=0, mae_size=128, mae_epochs=200, mae_batch=128, mae_lr=1.5e-3, mae_warmup=10,
-                 train=200, val=50, size=160, classes=8, det_iters=600, seg_iters=500),
+    "full": dict(photos=0, mae_size=128, mae_epochs=100, mae_batch=128, mae_lr=1.5e-3, mae_warmup=10,
+                 train=200, val=50, size=160, classes=8, det_iters=1200, seg_iters=1000),
     "quick": dict(photos=64, mae_size=64, mae_epochs=2, mae_batch=16, mae_lr=1.5e-3, mae_warmup=1,
                   train=8, val=4, size=64, classes=3, det_iters=4, seg_iters=4),
 }
@@ -127,8 +127,8 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------------- stages
 
 def shrink_images(run: Run, src: Path, short_side: int, limit: int = 0) -> Path:
-    """Copy the unlabelled photos (the first ``limit`` in name order; 0: all) at a shorter side
-    of ``short_side`` px (JPEG q92).
+    """Copy the unlabelled photos (``limit`` of them spread evenly over the name order, so
+    ImageNet's classes stay mixed; 0: all) at a shorter side of ``short_side`` px (JPEG q92).
 
     Unreadable files are logged by name and left out; no readable image is an error."""
     dst = run.out / "images"
@@ -141,7 +141,10 @@ def shrink_images(run: Run, src: Path, short_side: int, limit: int = 0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     written = 0
-    for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if limit:
+        files = files[::max(1, len(files) // limit)]
+    for path in files:
         try:
             with Image.open(path) as im:
                 im.draft("RGB", (short_side, short_side))  # DCT-scaled decode: much faster
@@ -403,7 +406,9 @@ def main(argv=None) -> int:
                  "--backgrounds", photos, "--train", cfg["train"], "--val", cfg["val"],
                  "--size", cfg["size"], "--classes", cfg["classes"], "--seed", 0]
         if args.generated_stamps:
-            paste += ["--generated-stamps", run.out / "stamps", "--min-instances", 3]
+            # stand-in shapes cannot be mistaken for the animals in ImageNet photos
+            paste += ["--generated-stamps", run.out / "stamps", "--min-instances", 3,
+                      "--keep-lookalike-backgrounds"]
         run.stage("dataset", paste)
         mae_dir = run.out / "mae"
         steps = max(1, len(list(photos.glob("*.jpg"))) // cfg["mae_batch"])
