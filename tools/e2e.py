@@ -55,7 +55,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 #: Full run (about 25 minutes on 2 CPU cores) and the CI run (about a minute).
 PRESETS = {
-    "full": dict(photos=0, mae_size=128, mae_epochs=100, mae_batch=128, mae_lr=1.5e-3, mae_warmup=10,
+    "full": dict(photos=0, mae_size=128, mae_epochs=250, mae_batch=128, mae_lr=1.5e-3, mae_warmup=10,
                  train=200, val=50, size=160, classes=8, det_iters=1200, seg_iters=1000),
     "quick": dict(photos=64, mae_size=64, mae_epochs=2, mae_batch=16, mae_lr=1.5e-3, mae_warmup=1,
                   train=8, val=4, size=64, classes=3, det_iters=4, seg_iters=4),
@@ -218,7 +218,8 @@ def run_parallel(run: Run, jobs: List[tuple], workers: int) -> None:
 def pictures(run: Run, py: str, mae_dir: Path, seed: int, workers: int, count: int = 3
              ) -> Dict[str, str]:
     """Reconstruction grid and side-by-side overlays (random init | MAE init) of ``count`` val
-    images for both tasks, as PNGs in ``OUT/pictures``."""
+    images for both tasks, as PNGs in ``OUT/pictures``. Detections are drawn from a score of
+    0.15: after a CPU-sized schedule the classifier's scores stay low (top scores ~0.2-0.35)."""
     pic = run.out / "pictures"
     pic.mkdir(parents=True, exist_ok=True)
     val_dir = run.out / "paste" / "coco" / "images" / "val"
@@ -233,7 +234,7 @@ def pictures(run: Run, py: str, mae_dir: Path, seed: int, workers: int, count: i
         jobs.append((f"pictures-det-{init}", [
             py, "tools/demo_det.py", "--config", DET_CONFIG, "--device", "cpu",
             "--weights", run.out / "det" / f"{init}-s{seed}" / "model_final.pth",
-            "--input", *val, "--output", pic / f"det-{init}", "--confidence", "0.3",
+            "--input", *val, "--output", pic / f"det-{init}", "--confidence", "0.15",
             "--dataset", f"paste={coco}", det_cfg_classes]))
         seg_dir = run.out / "seg" / f"{init}-s{seed}"
         ckpt = (seg_dir / "last_checkpoint").read_text().strip()

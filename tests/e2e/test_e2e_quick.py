@@ -41,9 +41,10 @@ def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp
         assert (out / "det" / f"{init}-s0" / "model_final.pth").is_file()
         assert (out / "seg" / f"{init}-s0" / "val_results" / "latest.json").is_file()
 
-    # pictures: the reconstruction grid, and two columns (random | MAE) of three val images
-    recon = Image.open(out / "pictures" / "reconstruction.png")
-    assert recon.width > recon.height > 0
+    # pictures: the reconstruction grid (a row of original | masked | reconstruction | + visible
+    # per photo: 6 of the 16, at the 64 px pretraining size), and two columns (random | MAE) of
+    # three val images per task
+    assert Image.open(out / "pictures" / "reconstruction.png").size == (4 * 64, 6 * 64)
     for task in ("det", "seg"):
         grid = Image.open(out / "pictures" / f"{task}_random_vs_mae.png")
         one = Image.open(sorted((out / "paste" / "coco" / "images" / "val").glob("*.jpg"))[0])
