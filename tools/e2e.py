@@ -351,7 +351,10 @@ def collect(run: Run, cfg: dict, seeds: List[int], mae_dir: Path, n_photos: int)
                 t.get(f"{task}-{init}-s{s}", 0.0) for s in seeds)
     stage_seconds["finetunes (wall)"] = t.get("finetunes", 0.0)
     stage_seconds["pictures (wall)"] = t.get("pictures", 0.0)
-    stage_seconds["total (wall)"] = t.get("total", 0.0)
+    # the sum of the stages' wall times (stored in OUT/stages, so a --resume'd run reports the
+    # time of the work it kept, not of the resume)
+    stage_seconds["total (wall)"] = sum(t.get(k, 0.0) for k in
+                                        ("images", "dataset", "pretrain", "finetunes", "pictures"))
     return {
         "seeds": seeds, "settings": cfg,
         "pretrain": {"model": "mae_vit_mini_patch16", "input_size": cfg["mae_size"],
@@ -400,7 +403,6 @@ def main(argv=None) -> int:
     run = Run(out=args.out.resolve(), resume=args.resume)
     run.out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
-    start = time.time()
     try:
         photos = shrink_images(run, args.images, round(cfg["mae_size"] * 1.25), cfg["photos"])
         paste = [py, "tools/make_paste_dataset.py", "--out", run.out / "paste",
@@ -423,16 +425,17 @@ def main(argv=None) -> int:
             "--output_dir", mae_dir, "--resume", "auto"], threads=2)
         encoder = mae_dir / "encoder.safetensors"
         jobs = finetune_jobs(run, py, cfg, seeds, encoder, num_classes_of(run.out))
-        ft_start = time.time()
-        run_parallel(run, jobs, args.jobs)
-        run.timings["finetunes"] = time.time() - ft_start
+        if not run.finished("finetunes"):  # wall time of all of them, --jobs at a time
+            ft_start = time.time()
+            run_parallel(run, jobs, args.jobs)
+            run.record("finetunes", time.time() - ft_start)
         pic_start = time.time()
         files = pictures(run, py, mae_dir, seeds[0], args.jobs)
-        run.timings["pictures"] = time.time() - pic_start
+        if not run.finished("pictures"):
+            run.record("pictures", time.time() - pic_start)
     except StageFailed as exc:
         print(f"[e2e] FAILED: {exc}", file=sys.stderr)
         return 1
-    run.timings["total"] = time.time() - start
     results = collect(run, cfg, seeds, mae_dir, len(list(photos.glob("*.jpg"))))
     results["files"] = {**files, "encoder": str(encoder)}
     (run.out / "results.json").write_text(json.dumps(results, indent=2))
