@@ -77,6 +77,13 @@ class Run:
     def logs(self) -> Path:
         return self.out / "logs"
 
+    def load_markers(self) -> None:
+        """With ``--resume``, every finished stage's recorded time (also those inside stages
+        that are skipped whole, like the fine-tunes)."""
+        if self.resume:
+            for marker in sorted((self.out / "stages").glob("*.json")):
+                self.timings[marker.stem] = json.loads(marker.read_text())["seconds"]
+
     def done_marker(self, name: str) -> Path:
         return self.out / "stages" / f"{name}.json"
 
@@ -402,6 +409,7 @@ def main(argv=None) -> int:
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     run = Run(out=args.out.resolve(), resume=args.resume)
     run.out.mkdir(parents=True, exist_ok=True)
+    run.load_markers()
     py = sys.executable
     try:
         photos = shrink_images(run, args.images, round(cfg["mae_size"] * 1.25), cfg["photos"])
