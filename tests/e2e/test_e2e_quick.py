@@ -31,7 +31,10 @@ def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp
     assert all(math.isfinite(v) for v in numbers)
     assert 0 <= results["finetune"]["mae"]["mIoU"]["mean"] <= 100
     assert set(results["comparison"]) == {"box_AP", "mask_AP", "mIoU"}
-    assert all(v > 0 for k, v in results["seconds"].items() if k != "dataset")
+    seconds = results["seconds"]  # rounded to 0.1 s: the in-process image copy may show 0.0
+    assert all(v >= 0 for v in seconds.values())
+    assert all(seconds[k] > 0 for k in seconds if k.split("-")[0] in ("pretrain", "det", "seg")
+               or "wall" in k)
 
     # fine-tunes: MAE init loaded the exported encoder, random init did not
     det_mae = (out / "logs" / "det-mae-s0.log").read_text()
