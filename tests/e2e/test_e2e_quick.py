@@ -1,0 +1,64 @@
+"""The whole e2e pipeline at CI size: every stage runs, every file is written, metrics finite."""
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from tools.e2e import INITS, main
+
+STAGES = ["images", "dataset", "pretrain", "finetunes", "pictures", "pictures-recon"] + [
+    f"{kind}-{init}" for kind in ("det", "seg", "pictures-det", "pictures-seg") for init in INITS]
+
+
+@pytest.mark.slow
+def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp_path, capsys):
+    out = tmp_path / "e2e"
+    argv = ["--quick", "--generated-stamps", "--images", str(image_folder), "--out", str(out),
+            "--photos", "16", "--mae-batch", "8"]
+    assert main(argv) == 0
+    names = {p.stem.replace("-s0", "") for p in (out / "stages").glob("*.json")}
+    assert names == set(STAGES)
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0]
+    assert results["pretrain"]["images"] == 16
+    numbers = [results["pretrain"]["loss_start"], results["pretrain"]["loss_end"]]
+    for init in INITS:
+        for metric in ("box_AP", "mask_AP", "mIoU"):
+            assert len(results["finetune"][init][metric]["per_seed"]) == 1
+            numbers += results["finetune"][init][metric]["per_seed"]
+    assert all(math.isfinite(v) for v in numbers)
+    assert 0 <= results["finetune"]["mae"]["mIoU"]["mean"] <= 100
+    assert set(results["comparison"]) == {"box_AP", "mask_AP", "mIoU"}
+    seconds = results["seconds"]  # rounded to 0.1 s: the in-process image copy may show 0.0
+    assert all(v >= 0 for v in seconds.values())
+    assert all(seconds[k] > 0 for k in seconds if k.split("-")[0] in ("pretrain", "det", "seg")
+               or "wall" in k)
+
+    # fine-tunes: MAE init loaded the exported encoder, random init did not
+    det_mae = (out / "logs" / "det-mae-s0.log").read_text()
+    assert "encoder.safetensors -> model.backbone.net: 0 missing keys" in det_mae
+    assert "whole detector starts from random init" in (out / "logs" / "det-random-s0.log").read_text()
+    for init in INITS:
+        assert (out / "det" / f"{init}-s0" / "model_final.pth").is_file()
+        assert (out / "seg" / f"{init}-s0" / "val_results" / "latest.json").is_file()
+
+    # pictures: the reconstruction grid (a row of original | masked | reconstruction | + visible
+    # per photo: 6 of the 16, at the 64 px pretraining size), and two columns (random | MAE) of
+    # three val images per task
+    assert Image.open(out / "pictures" / "reconstruction.png").size == (4 * 64, 6 * 64)
+    for task in ("det", "seg"):
+        grid = Image.open(out / "pictures" / f"{task}_random_vs_mae.png")
+        one = Image.open(sorted((out / "paste" / "coco" / "images" / "val").glob("*.jpg"))[0])
+        assert grid.size == (2 * one.width + 4, 3 * one.height + 8)
+    md = (out / "results.md").read_text()
+    assert "| box_AP |" in md and "| mIoU |" in md and "| pretrain |" in md
+    assert "| box_AP |" in capsys.readouterr().out
+
+    # --resume finds every stage done: nothing reruns and the same table comes back
+    before = (out / "results.json").read_text()
+    assert main(argv + ["--resume"]) == 0
+    after = json.loads((out / "results.json").read_text())
+    assert after["finetune"] == json.loads(before)["finetune"]
+    assert after["seconds"] == json.loads(before)["seconds"]
