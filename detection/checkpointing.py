@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import torch
 
@@ -24,6 +24,7 @@ import detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.checkpoint import DetectionCheckpointer
 
 from backbones.loading import LoadReport, load_pretrained
+from tools.atomic import atomic_write
 from tools.checkpoints import CheckpointError, read_checkpoint
 
 logger = logging.getLogger("mae_transfer.detection")
@@ -32,17 +33,6 @@ logger = logging.getLogger("mae_transfer.detection")
 DETECTOR_KEY_PREFIXES = ("proposal_generator.", "roi_heads.", "backbone.pyramid.")
 #: Parameters a detector's ViT adds to a pretrained one (zero-initialised: no bias at first).
 REL_POS_TABLES = ("rel_pos_h", "rel_pos_w")
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """``write(temp_path)``, then rename over ``path``: readers see the old or the new file whole."""
-    tmp = f"{path}.tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class AtomicCheckpointer(DetectionCheckpointer):

@@ -24,7 +24,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 from tabulate import tabulate
 
-from detection.checkpointing import atomic_write
+from tools.atomic import atomic_write
 from detection.datasets import check_num_classes
 
 logger = logging.getLogger("mae_transfer.detection")

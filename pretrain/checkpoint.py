@@ -20,6 +20,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from tools.atomic import atomic_write
 from tools.checkpoints import CheckpointError
 
 _PLAIN = (str, int, float, bool, type(None))
@@ -71,19 +72,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from pretrain.masking import patchify, unpatchify
+from tools.atomic import atomic_write
 
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
 
@@ -64,12 +65,7 @@ def center_crop_tensor(path: Path, size: int) -> torch.Tensor:
 
 
 def save_png(picture: np.ndarray, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(picture).save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
 
 
 def noise_for(batch: int, num_patches: int, seed: int = 0) -> torch.Tensor:

@@ -22,12 +22,12 @@ Import this module before ``mmseg``; every fix is a no-op where not needed:
 """
 from __future__ import annotations
 
-import os
 import os.path as osp
 import warnings
 
 import torch
 
+from tools.atomic import atomic_write
 from tools.stand_in import install_stand_in
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
@@ -58,19 +58,7 @@ def _make_local_writes_atomic() -> None:
         return
 
     def put(self, obj: bytes, filepath) -> None:
-        filepath = os.fspath(filepath)
-        folder = osp.dirname(osp.abspath(filepath))
-        os.makedirs(folder, exist_ok=True)
-        tmp = osp.join(folder, f".{osp.basename(filepath)}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(obj)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, filepath)
-        finally:
-            if osp.exists(tmp):
-                os.remove(tmp)
+        atomic_write(filepath, lambda tmp: tmp.write_bytes(obj))
 
     put.__doc__ = LocalBackend.put.__doc__
     put.__mae_transfer_atomic__ = True

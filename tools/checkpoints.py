@@ -23,6 +23,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from tools.atomic import atomic_write
+
 StateDict = Dict[str, torch.Tensor]
 FORMATS = ("ours", "timm", "detectron2", "mmseg")
 META_KEY = "mae_transfer"
@@ -126,25 +128,21 @@ def write_checkpoint(state: StateDict, path: str | os.PathLike, fmt: str = "ours
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
-    tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".safetensors":
         if fmt in ("detectron2", "mmseg"):
             raise ValueError(f"{fmt} loads .pth files; give the output a .pth name")
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    else:
-        if fmt == "ours":
-            obj = {"model": dict(state), "meta": meta}
-        elif fmt == "timm":
-            obj = dict(state)
-        elif fmt == "detectron2":
-            obj = {"model": {f"backbone.net.{k}": v for k, v in state.items()}, "meta": meta}
-        else:  # mmseg
-            obj = {"state_dict": {f"backbone.{k}": v for k, v in state.items()}, "meta": meta}
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
+                                                        metadata={META_KEY: json.dumps(meta)}))
+    if fmt == "ours":
+        obj = {"model": dict(state), "meta": meta}
+    elif fmt == "timm":
+        obj = dict(state)
+    elif fmt == "detectron2":
+        obj = {"model": {f"backbone.net.{k}": v for k, v in state.items()}, "meta": meta}
+    else:  # mmseg
+        obj = {"state_dict": {f"backbone.{k}": v for k, v in state.items()}, "meta": meta}
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))

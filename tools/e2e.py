@@ -46,6 +46,8 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image  # noqa: E402
 
+from tools.atomic import atomic_write  # noqa: E402
+
 DEFAULT_IMAGES = Path(os.environ.get("MAE_TRANSFER_DATA", REPO.parent / "shared" / "data")) \
     / "imagenet-sample"
 DET_CONFIG = "detection/configs/mask_rcnn_vit_mini_e2e.py"
@@ -98,11 +100,8 @@ class Run:
 
     def record(self, name: str, seconds: float) -> None:
         self.timings[name] = seconds
-        marker = self.done_marker(name)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"seconds": seconds}))
-        tmp.replace(marker)
+        atomic_write(self.done_marker(name),
+                     lambda tmp: tmp.write_text(json.dumps({"seconds": seconds})))
 
     def stage(self, name: str, cmd: List, threads: Optional[int] = None) -> None:
         """Run ``cmd`` from the repo root, output to ``logs/<name>.log``; time it; skip if done."""
