@@ -23,10 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones.layers import LayerNorm2d, resampler
+from backbones.layers import LayerNorm2d, pyramid_scales, resampler
 
 #: ViTDet's factors on a stride-16 map: strides 4, 8, 16, 32 (+ one extra level: 64).
-VITDET_SCALES = (4.0, 2.0, 1.0, 0.5)
+VITDET_SCALES = pyramid_scales(16)
 
 
 def _conv_norm(in_ch: int, out_ch: int, kernel: int, norm_layer) -> nn.Sequential:

@@ -2,6 +2,9 @@
 
 ``resampler``: the per-scale up/down-sampling both pyramids (ViTDet, UperNet adapter) are built of.
 
+``pyramid_scales``: the factors that take a ViT's patch-stride map to strides 4, 8, 16, 32, so
+both pyramids work for any power-of-2 patch size (16: 4, 2, 1, 0.5; 8: 2, 1, 0.5, 0.25).
+
 ``LayerNorm2d``: LayerNorm over the channel axis of an NCHW map. Convolutional pyramids and heads
 on top of a ViT (ViTDet's simple feature pyramid, the LayerNorm in its RPN / box / mask convs) use
 it where a CNN would use BatchNorm, because it does not depend on the batch size: detection trains
@@ -10,7 +13,7 @@ with 1-2 images per device, where BatchNorm statistics are noise.
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,6 +39,24 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+#: The output strides of both pyramids (ViTDet p2..p5, UperNet's four inputs).
+PYRAMID_STRIDES = (4, 8, 16, 32)
+
+
+def pyramid_scales(patch_size, strides: Sequence[int] = PYRAMID_STRIDES) -> Tuple[float, ...]:
+    """Resampling factors from a ViT's stride-``patch_size`` map to ``strides`` (finest first).
+
+    ``pyramid_scales(16)`` is ViTDet's ``(4.0, 2.0, 1.0, 0.5)``. Patch sizes that are not a power of
+    2 (e.g. 14) are an error: the resulting strides would not be integers, which ROI poolers and
+    the UperNet head cannot use.
+    """
+    patch = patch_size[0] if isinstance(patch_size, (tuple, list)) else int(patch_size)
+    if patch <= 0 or patch & (patch - 1):
+        raise ValueError(f"patch size {patch_size} is not a power of 2: the pyramid strides "
+                         f"{tuple(strides)} cannot be reached by factors of 2")
+    return tuple(patch / s for s in strides)
 
 
 def _log2_int(value: float) -> int:

@@ -20,10 +20,10 @@ from typing import Callable, List, Sequence
 import torch
 import torch.nn as nn
 
-from backbones.layers import resampler
+from backbones.layers import pyramid_scales, resampler
 
 #: The UperNet pyramid from stride-16 maps: strides 4, 8, 16, 32.
-UPERNET_SCALES = (4.0, 2.0, 1.0, 0.5)
+UPERNET_SCALES = pyramid_scales(16)
 
 
 class MultiScaleAdapter(nn.Module):

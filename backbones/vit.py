@@ -25,6 +25,7 @@ from tools.pos_embed import resize_pos_embed, sincos_2d
 #: Named architectures: (patch_size, embed_dim, depth, num_heads). Tiny/mini exist for CPU runs.
 VIT_ARCHS: Dict[str, Dict[str, int]] = {
     "vit_mini_patch16": dict(patch_size=16, embed_dim=64, depth=4, num_heads=4),
+    "vit_mini_patch8": dict(patch_size=8, embed_dim=64, depth=4, num_heads=4),
     "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
     "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),

@@ -9,7 +9,7 @@ are named ``backbone.net.blocks.{i}...`` inside a detector, the Detectron2 check
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,29 +18,35 @@ import detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
-from backbones.feature_pyramid import VITDET_SCALES, SimpleFeaturePyramid
-from backbones.layers import LayerNorm2d
+from backbones.feature_pyramid import SimpleFeaturePyramid
+from backbones.layers import LayerNorm2d, pyramid_scales
 from backbones.vit import VisionTransformer
 
 
 class ViTDetBackbone(Backbone):
     """ViT + simple feature pyramid, with outputs ``p{log2(stride)}`` (ViTDet: p2..p6).
 
+    ``scale_factors``: the pyramid's factors on the ViT's map; ``None`` (default) gives strides 4,
+    8, 16, 32 for the ViT's patch size (``backbones.layers.pyramid_scales``: ViTDet's 4, 2, 1, 0.5
+    for patch 16; 2, 1, 0.5, 0.25 for patch 8), so the usual p2..p6 names and the RPN / ROI
+    configs hold for every patch size.
     ``square_pad`` (e.g. 1024): pad every batch to a square of that size, as ViTDet does, so the
     window partition is the same for every image. Detectron2 versions with
     ``Backbone.padding_constraints`` honour it; older ones (v0.6) pad to ``size_divisibility``.
     """
 
     def __init__(self, net: VisionTransformer, out_channels: int = 256,
-                 scale_factors: Sequence[float] = VITDET_SCALES, num_extra_levels: int = 1,
+                 scale_factors: Optional[Sequence[float]] = None, num_extra_levels: int = 1,
                  norm_layer: Callable[[int], nn.Module] = LayerNorm2d, square_pad: int = 0):
         super().__init__()
         patch_h, patch_w = net.patch_size
         if patch_h != patch_w or patch_h & (patch_h - 1):
             raise ValueError(
                 f"the ViT's patch size {net.patch_size} gives non power-of-2 pyramid strides, "
-                f"which Detectron2's ROI poolers cannot use; build it with patch_size=16 "
-                f"(patch-14 checkpoints are resized when loaded)")
+                f"which Detectron2's ROI poolers cannot use; build it with a power-of-2 "
+                f"patch size such as 16 or 8 (patch-14 checkpoints are resized when loaded)")
+        if scale_factors is None:
+            scale_factors = pyramid_scales(patch_h)
         self.net = net
         self.pyramid = SimpleFeaturePyramid(net.embed_dim, out_channels, scale_factors,
                                             num_extra_levels, norm_layer)

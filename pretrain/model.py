@@ -30,6 +30,7 @@ from tools.pos_embed import sincos_2d
 #: encoder (its point) and CPU runs stay fast.
 MAE_MODELS: Dict[str, Tuple[str, Tuple[int, int, int]]] = {
     "mae_vit_mini_patch16": ("vit_mini_patch16", (64, 2, 4)),
+    "mae_vit_mini_patch8": ("vit_mini_patch8", (64, 2, 4)),
     "mae_vit_tiny_patch16": ("vit_tiny_patch16", (256, 4, 8)),
     "mae_vit_small_patch16": ("vit_small_patch16", (512, 8, 16)),
     "mae_vit_base_patch16": ("vit_base_patch16", (512, 8, 16)),

@@ -24,7 +24,8 @@ from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 
 from backbones.loading import LoadReport, load_pretrained
-from backbones.multiscale import UPERNET_SCALES, MultiScaleAdapter
+from backbones.layers import pyramid_scales
+from backbones.multiscale import MultiScaleAdapter
 from backbones.vit import VisionTransformer, vit_kwargs
 from mmseg.registry import MODELS
 
@@ -68,19 +69,23 @@ class MAEViT(VisionTransformer):
         fused_attn, ...: passed to ``VisionTransformer`` (any of its arguments can be given).
         norm_cfg: MMCV norm config for the adapter's x4 branch (SyncBN as in MMSeg's MAE config;
             the Runner turns it into BatchNorm on a single process).
+        scales: the adapter's resampling factors; ``None`` (default): strides 4, 8, 16, 32 for the
+            ViT's patch size (``backbones.layers.pyramid_scales``; 4, 2, 1, 0.5 for patch 16).
         pretrained / init_cfg: weights file for the ViT, read by ``backbones.load_pretrained``.
     """
 
     def __init__(self, arch: str = "vit_base_patch16", img_size=512,
                  out_indices: Optional[Sequence[int]] = None, drop_path_rate: float = 0.1,
                  use_rel_pos: bool = True, final_norm: bool = False,
-                 scales: Sequence[float] = UPERNET_SCALES,
+                 scales: Optional[Sequence[float]] = None,
                  norm_cfg: dict = dict(type="SyncBN", requires_grad=True),
                  pretrained: Optional[str] = None, init_cfg=None, **vit_overrides):
         super().__init__(img_size=img_size,
                          **vit_kwargs(arch, drop_path_rate=drop_path_rate, use_rel_pos=use_rel_pos,
                                       final_norm=final_norm, **vit_overrides))
         self.arch_name = arch
+        if scales is None:  # strides 4, 8, 16, 32 whatever the patch size
+            scales = pyramid_scales(self.patch_size)
         self.out_indices = (default_out_indices(self.depth, len(scales)) if out_indices is None
                             else [int(i) for i in out_indices])
         if len(self.out_indices) != len(scales):

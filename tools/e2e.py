@@ -53,13 +53,15 @@ DEFAULT_IMAGES = Path(os.environ.get("MAE_TRANSFER_DATA", REPO.parent / "shared"
 DET_CONFIG = "detection/configs/mask_rcnn_vit_mini_e2e.py"
 SEG_CONFIG = "segmentation/configs/upernet_vit-mini_e2e_paste-128x128.py"
 INITS = ("mae", "random")
+#: The fine-tune configs' training crop (both tasks); the probe sees the images at this size too.
+FINETUNE_CROP = 128
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 #: Full run (about 25 minutes on 2 CPU cores) and the CI run (about a minute).
 PRESETS = {
-    "full": dict(photos=0, mae_size=128, mae_epochs=250, mae_batch=128, mae_lr=1.5e-3, mae_warmup=10,
+    "full": dict(arch="vit_mini_patch16", photos=0, mae_size=128, mae_epochs=250, mae_batch=128, mae_lr=1.5e-3, mae_warmup=10,
                  train=200, val=50, size=160, classes=8, det_iters=1200, seg_iters=1000),
-    "quick": dict(photos=64, mae_size=64, mae_epochs=2, mae_batch=16, mae_lr=1.5e-3, mae_warmup=1,
+    "quick": dict(arch="vit_mini_patch16", photos=64, mae_size=64, mae_epochs=2, mae_batch=16, mae_lr=1.5e-3, mae_warmup=1,
                   train=8, val=4, size=64, classes=3, det_iters=4, seg_iters=4),
 }
 
@@ -178,7 +180,7 @@ def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
     """(name, command) of every fine-tune: task x seed x init, same recipe for both inits."""
     jobs = []
     coco, ade = run.out / "paste" / "coco", run.out / "paste" / "ade" / "ADEChallengeData2016"
-    n_det, n_seg = cfg["det_iters"], cfg["seg_iters"]
+    n_det, n_seg, arch = cfg["det_iters"], cfg["seg_iters"], cfg["arch"]
     for seed in seeds:
         for init in INITS:
             det_out = run.out / "det" / f"{init}-s{seed}"
@@ -187,6 +189,7 @@ def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
                        f"train.max_iter={n_det}", f"train.eval_period={n_det}",
                        f"train.checkpointer.period={n_det}", f"train.seed={seed}",
                        f"model.roi_heads.num_classes={num_classes}",
+                       f"model.backbone.net.name={arch}",
                        f"train.init_checkpoint={encoder if init == 'mae' else ''}"]
             jobs.append((f"det-{init}-s{seed}", det_cmd))
             seg_out = run.out / "seg" / f"{init}-s{seed}"
@@ -195,7 +198,8 @@ def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
                        f"train_cfg.val_interval={n_seg}", f"default_hooks.checkpoint.interval={n_seg}",
                        f"param_scheduler.0.end={max(1, n_seg // 25)}",
                        f"param_scheduler.1.begin={max(1, n_seg // 25)}",
-                       f"param_scheduler.1.end={n_seg}", f"randomness.seed={seed}"]
+                       f"param_scheduler.1.end={n_seg}", f"randomness.seed={seed}",
+                       f"model.backbone.arch={arch}"]
             if init == "mae":
                 seg_cmd[5:5] = ["--pretrained", encoder]
             jobs.append((f"seg-{init}-s{seed}", seg_cmd))
@@ -221,8 +225,8 @@ def run_parallel(run: Run, jobs: List[tuple], workers: int) -> None:
         raise failures[0]
 
 
-def pictures(run: Run, py: str, mae_dir: Path, seed: int, workers: int, count: int = 3
-             ) -> Dict[str, str]:
+def pictures(run: Run, py: str, mae_dir: Path, seed: int, workers: int, arch: str,
+             count: int = 3) -> Dict[str, str]:
     """Reconstruction grid and side-by-side overlays (random init | MAE init) of ``count`` val
     images for both tasks, as PNGs in ``OUT/pictures``. Detections are drawn from a score of
     0.15: after a CPU-sized schedule the classifier's scores stay low (top scores ~0.2-0.35)."""
@@ -241,10 +245,11 @@ def pictures(run: Run, py: str, mae_dir: Path, seed: int, workers: int, count: i
             py, "tools/demo_det.py", "--config", DET_CONFIG, "--device", "cpu",
             "--weights", run.out / "det" / f"{init}-s{seed}" / "model_final.pth",
             "--input", *val, "--output", pic / f"det-{init}", "--confidence", "0.15",
-            "--dataset", f"paste={coco}", det_cfg_classes]))
+            "--dataset", f"paste={coco}", det_cfg_classes, f"model.backbone.net.name={arch}"]))
         seg_dir = run.out / "seg" / f"{init}-s{seed}"
         ckpt = (seg_dir / "last_checkpoint").read_text().strip()
-        jobs.append((f"pictures-seg-{init}", [py, "tools/demo_seg.py", SEG_CONFIG, ckpt, *val,
+        seg_cfg = seg_dir / Path(SEG_CONFIG).name  # the run's own config, overrides included
+        jobs.append((f"pictures-seg-{init}", [py, "tools/demo_seg.py", seg_cfg, ckpt, *val,
                                               "--out", pic / f"seg-{init}", "--device", "cpu"]))
     run_parallel(run, jobs, workers)
     files = {"reconstruction": str(pic / "reconstruction.png")}
@@ -336,6 +341,16 @@ def markdown(results: dict) -> str:
         c = cmp_[metric]
         lines.append(f"| {metric} | {cells[0]} | {cells[1]} | {c['margin']:+.1f} | "
                      f"{c['spread']:.1f} | {'yes' if c['mae_wins'] else 'no'} |")
+    probe = results["probe"]
+    lines += ["", "Frozen encoder, linear probe of instance features on the val split's unseen "
+              "cut-outs (`tools/probe_instances.py`; accuracy ± standard error):", "",
+              "| encoder | logistic acc (%) | nearest mean acc (%) | chance (%) | val instances |",
+              "|---|---|---|---|---|"]
+    for init in ("random", "mae"):
+        r = probe[init]
+        lines.append(f"| {init} | {r['logistic_acc']:.1f} ± {r['logistic_se']:.1f} | "
+                     f"{r['centroid_acc']:.1f} ± {r['centroid_se']:.1f} | {r['chance_acc']:.1f} | "
+                     f"{r['val_instances']} |")
     lines += ["", "| stage | seconds |", "|---|---|"]
     for name, value in sec.items():
         lines.append(f"| {name} | {value:.1f} |")
@@ -356,23 +371,27 @@ def collect(run: Run, cfg: dict, seeds: List[int], mae_dir: Path, n_photos: int)
             stage_seconds[f"{task}-{init} (sum over seeds)"] = sum(
                 t.get(f"{task}-{init}-s{s}", 0.0) for s in seeds)
     stage_seconds["finetunes (wall)"] = t.get("finetunes", 0.0)
+    stage_seconds["probe"] = t.get("probe", 0.0)
     stage_seconds["pictures (wall)"] = t.get("pictures", 0.0)
     # the sum of the stages' wall times (stored in OUT/stages, so a --resume'd run reports the
     # time of the work it kept, not of the resume)
-    stage_seconds["total (wall)"] = sum(t.get(k, 0.0) for k in
-                                        ("images", "dataset", "pretrain", "finetunes", "pictures"))
+    stage_seconds["total (wall)"] = sum(t.get(k, 0.0) for k in ("images", "dataset", "pretrain",
+                                                                "finetunes", "probe", "pictures"))
+    probe = json.loads((run.out / "probe.json").read_text())["results"]
     return {
         "seeds": seeds, "settings": cfg,
-        "pretrain": {"model": "mae_vit_mini_patch16", "input_size": cfg["mae_size"],
+        "pretrain": {"model": f"mae_{cfg['arch']}", "input_size": cfg["mae_size"],
                      "epochs": cfg["mae_epochs"], "images": n_photos,
                      "loss_start": loss_start, "loss_end": loss_end},
         "finetune": per_init, "comparison": compare(per_init),
+        "probe": {"random" if name == "random" else "mae": r for name, r in probe.items()},
         "seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
     }
 
 
 def all_finite(results: dict) -> bool:
     values = [results["pretrain"]["loss_start"], results["pretrain"]["loss_end"]]
+    values += [r["logistic_acc"] for r in results["probe"].values()]
     for per_metric in results["finetune"].values():
         for s in per_metric.values():
             values += s["per_seed"]
@@ -423,7 +442,7 @@ def main(argv=None) -> int:
         mae_dir = run.out / "mae"
         steps = max(1, len(list(photos.glob("*.jpg"))) // cfg["mae_batch"])
         run.stage("pretrain", [
-            py, "-m", "pretrain.main", "--data_path", photos, "--model", "mae_vit_mini_patch16",
+            py, "-m", "pretrain.main", "--data_path", photos, "--model", f"mae_{cfg['arch']}",
             "--input_size", cfg["mae_size"], "--batch_size", cfg["mae_batch"],
             "--epochs", cfg["mae_epochs"], "--warmup_epochs", cfg["mae_warmup"],
             "--lr", cfg["mae_lr"], "--mask_ratio", 0.75, "--norm_pix_loss", "--device", "cpu",
@@ -437,7 +456,11 @@ def main(argv=None) -> int:
             run_parallel(run, jobs, args.jobs)
             run.record("finetunes", time.time() - ft_start)
         pic_start = time.time()
-        files = pictures(run, py, mae_dir, seeds[0], args.jobs)
+        run.stage("probe", [py, "tools/probe_instances.py", "--coco", run.out / "paste" / "coco",
+                            "--arch", cfg["arch"], "--size", FINETUNE_CROP, "--checkpoint",
+                            "random", "--checkpoint", encoder, "--seed", 0, "--threads", 2,
+                            "--out", run.out / "probe.json"], threads=2)
+        files = pictures(run, py, mae_dir, seeds[0], args.jobs, cfg["arch"])
         if not run.finished("pictures"):
             run.record("pictures", time.time() - pic_start)
     except StageFailed as exc:

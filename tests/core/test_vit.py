@@ -201,5 +201,6 @@ def test_drop_path_is_random_in_training_and_off_in_eval():
     assert not torch.allclose(m.forward_features(x), m.forward_features(x))
     m.eval()
     assert torch.equal(m.forward_features(x), m.forward_features(x))
-    assert sorted(VIT_ARCHS) == sorted(["vit_mini_patch16", "vit_tiny_patch16", "vit_small_patch16",
-                                        "vit_base_patch16", "vit_large_patch16", "vit_huge_patch14"])
+    assert sorted(VIT_ARCHS) == sorted(["vit_mini_patch16", "vit_mini_patch8", "vit_tiny_patch16",
+                                        "vit_small_patch16", "vit_base_patch16",
+                                        "vit_large_patch16", "vit_huge_patch14"])

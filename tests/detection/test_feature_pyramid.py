@@ -53,10 +53,10 @@ def test_pyramid_upsampling_halves_channels_and_rejects_non_power_of_two_scales(
         SimpleFeaturePyramid(64, scale_factors=(1.0, 2.0))
 
 
-def _backbone(**net_kw):
+def _backbone(name="vit_mini_patch16", **net_kw):
     from detection.backbone import ViTDetBackbone
 
-    net = build_vit("vit_mini_patch16", img_size=64, window_size=2, global_blocks=[3],
+    net = build_vit(name, img_size=64, window_size=2, global_blocks=[3],
                     use_rel_pos=True, use_cls_token=False, final_norm=False, **net_kw)
     return ViTDetBackbone(net, out_channels=16, square_pad=128)
 
@@ -90,5 +90,29 @@ def test_backbone_p4_is_built_from_the_vits_last_map():
 
 
 def test_backbone_refuses_patch_sizes_that_give_fractional_strides():
-    with pytest.raises(ValueError, match="patch_size=16"):
+    with pytest.raises(ValueError, match="power-of-2 patch size"):
         _backbone(patch_size=14)
+
+
+def test_pyramid_scales_reach_strides_4_to_32_for_any_power_of_2_patch():
+    from backbones.feature_pyramid import VITDET_SCALES
+    from backbones.layers import pyramid_scales
+
+    assert pyramid_scales(16) == VITDET_SCALES == (4.0, 2.0, 1.0, 0.5)
+    assert pyramid_scales(8) == (2.0, 1.0, 0.5, 0.25)
+    assert pyramid_scales((32, 32)) == (8.0, 4.0, 2.0, 1.0)
+    with pytest.raises(ValueError, match="not a power of 2"):
+        pyramid_scales(14)
+
+
+def test_patch8_backbone_keeps_the_p2_to_p6_names_and_strides():
+    """With a patch-8 ViT the pyramid upsamples x2 and pools twice, so the RPN / ROI configs
+    written for ViTDet (p2..p6, strides 4..64) hold unchanged."""
+    backbone = _backbone("vit_mini_patch8").eval()
+    assert backbone.pyramid.scale_factors == (2.0, 1.0, 0.5, 0.25)
+    assert {k: v.stride for k, v in backbone.output_shape().items()} == {
+        "p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(16, 24), (8, 12), (4, 6), (2, 3),
+                                                            (1, 2)]

@@ -7,15 +7,17 @@ from PIL import Image
 
 from tools.e2e import INITS, main
 
-STAGES = ["images", "dataset", "pretrain", "finetunes", "pictures", "pictures-recon"] + [
+STAGES = ["images", "dataset", "pretrain", "finetunes", "probe", "pictures", "pictures-recon"] + [
     f"{kind}-{init}" for kind in ("det", "seg", "pictures-det", "pictures-seg") for init in INITS]
 
 
 @pytest.mark.slow
-def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["vit_mini_patch16", "vit_mini_patch8"])
+def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp_path, capsys,
+                                                               arch):
     out = tmp_path / "e2e"
     argv = ["--quick", "--generated-stamps", "--images", str(image_folder), "--out", str(out),
-            "--photos", "16", "--mae-batch", "8"]
+            "--photos", "16", "--mae-batch", "8", "--arch", arch]
     assert main(argv) == 0
     names = {p.stem.replace("-s0", "") for p in (out / "stages").glob("*.json")}
     assert names == set(STAGES)
@@ -23,6 +25,7 @@ def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0]
     assert results["pretrain"]["images"] == 16
+    assert results["pretrain"]["model"] == f"mae_{arch}"
     numbers = [results["pretrain"]["loss_start"], results["pretrain"]["loss_end"]]
     for init in INITS:
         for metric in ("box_AP", "mask_AP", "mIoU"):
@@ -35,6 +38,14 @@ def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp
     assert all(v >= 0 for v in seconds.values())
     assert all(seconds[k] > 0 for k in seconds if k.split("-")[0] in ("pretrain", "det", "seg")
                or "wall" in k)
+
+    # the frozen-encoder probe scored every val instance, for both initialisations
+    val_json = json.loads((out / "paste" / "coco" / "annotations" / "instances_val.json")
+                          .read_text())
+    for init in INITS:
+        probe = results["probe"][init]
+        assert probe["val_instances"] == len(val_json["annotations"])
+        assert 0 <= probe["logistic_acc"] <= 100 and math.isfinite(probe["logistic_se"])
 
     # fine-tunes: MAE init loaded the exported encoder, random init did not
     det_mae = (out / "logs" / "det-mae-s0.log").read_text()
@@ -54,6 +65,7 @@ def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp
         assert grid.size == (2 * one.width + 4, 3 * one.height + 8)
     md = (out / "results.md").read_text()
     assert "| box_AP |" in md and "| mIoU |" in md and "| pretrain |" in md
+    assert "| mae |" in md and "| probe |" in md
     assert "| box_AP |" in capsys.readouterr().out
 
     # --resume finds every stage done: nothing reruns and the same table comes back

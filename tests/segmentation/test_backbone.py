@@ -38,6 +38,14 @@ def test_output_shapes_and_strides(size):
     assert [tuple(o.shape) for o in outs] == expected
 
 
+def test_patch8_vit_gets_the_same_strides():
+    model = MAEViT("vit_mini_patch8", img_size=64, norm_cfg=BN).eval()
+    assert model.adapter.scales == (2.0, 1.0, 0.5, 0.25)
+    assert model.strides == [4, 8, 16, 32]
+    outs = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+
+
 def test_maps_are_the_vit_block_outputs():
     model = mini().eval()
     x = torch.randn(1, 3, 64, 64)

@@ -34,7 +34,7 @@ model = L(GeneralizedRCNN)(
             window_size=14, global_blocks=[2, 5, 8, 11], use_rel_pos=True,
             use_cls_token=False, final_norm=False, fused_attn=True, grad_checkpointing=False),
         out_channels=256,
-        scale_factors=(4.0, 2.0, 1.0, 0.5),
+        scale_factors=None,  # strides 4..32 for the ViT's patch size (16: 4, 2, 1, 0.5)
         num_extra_levels=1,
         norm_layer=LayerNorm2d,
         square_pad=1024,
