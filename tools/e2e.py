@@ -60,7 +60,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 #: Full run (about 25 minutes on 2 CPU cores) and the CI run (about a minute).
 PRESETS = {
     "full": dict(arch="vit_mini_patch16", photos=0, mae_size=128, mae_epochs=250, mae_batch=128, mae_lr=1.5e-3, mae_warmup=10,
-                 train=200, val=50, size=160, classes=8, det_iters=1200, seg_iters=1000),
+                 train=200, val=200, size=160, classes=8, det_iters=1200, seg_iters=1000),
     "quick": dict(arch="vit_mini_patch16", photos=64, mae_size=64, mae_epochs=2, mae_batch=16, mae_lr=1.5e-3, mae_warmup=1,
                   train=8, val=4, size=64, classes=3, det_iters=4, seg_iters=4),
 }

@@ -11,7 +11,9 @@ from .mask_rcnn_vit_mini_cpu import dataloader, lr_multiplier, model, optimizer,
 model.roi_heads.num_classes = 8
 dataloader.train.dataset.names = "paste_train"
 dataloader.test.dataset.names = "paste_val"
-optimizer.lr = 2e-3
+# 5e-4, not the tiny CPU config's 2e-3: on this set both initialisations learn better at it
+# (seed 0, 1200 iterations: box AP random 1.4 -> 3.0, MAE 2.6 -> 3.5).
+optimizer.lr = 5e-4
 optimizer.params.layer_decay = 0.7
 train.update(output_dir="./output/det_e2e", max_iter=600, eval_period=600, log_period=20,
              checkpointer=dict(period=600, max_to_keep=1))
