@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from pretrain.data import denormalize, normalize_batch
 from pretrain.masking import patchify, unpatchify
 from tools.atomic import atomic_write
 
@@ -57,11 +57,8 @@ def center_crop_tensor(path: Path, size: int) -> torch.Tensor:
     w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
     img = img.resize((w, h), Image.BICUBIC)
     left, top = (w - size) // 2, (h - size) // 2
-    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
+    arr = np.asarray(img.crop((left, top, left + size, top + size)))
+    return normalize_batch(torch.from_numpy(arr)[None], torch.device("cpu"))[0]
 
 
 def save_png(picture: np.ndarray, path: Path) -> Path:

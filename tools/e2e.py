@@ -59,10 +59,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 #: Full run (about 25 minutes on 2 CPU cores) and the CI run (about a minute).
 PRESETS = {
-    "full": dict(arch="vit_mini_patch16", photos=0, mae_size=128, mae_epochs=250, mae_batch=128, mae_lr=1.5e-3, mae_warmup=10,
-                 train=200, val=200, size=160, classes=8, det_iters=1200, seg_iters=1000),
-    "quick": dict(arch="vit_mini_patch16", photos=64, mae_size=64, mae_epochs=2, mae_batch=16, mae_lr=1.5e-3, mae_warmup=1,
-                  train=8, val=4, size=64, classes=3, det_iters=4, seg_iters=4),
+    "full": dict(arch="vit_mini_patch16", photos=0, mae_size=128, mae_epochs=250, mae_batch=128,
+                 mae_lr=1.5e-3, mae_warmup=10, train=200, val=200, size=160, classes=8,
+                 det_iters=1200, seg_iters=1000),
+    "quick": dict(arch="vit_mini_patch16", photos=64, mae_size=64, mae_epochs=2, mae_batch=16,
+                  mae_lr=1.5e-3, mae_warmup=1, train=8, val=4, size=64, classes=3, det_iters=4,
+                  seg_iters=4),
 }
 
 
@@ -455,11 +457,11 @@ def main(argv=None) -> int:
             ft_start = time.time()
             run_parallel(run, jobs, args.jobs)
             run.record("finetunes", time.time() - ft_start)
-        pic_start = time.time()
         run.stage("probe", [py, "tools/probe_instances.py", "--coco", run.out / "paste" / "coco",
                             "--arch", cfg["arch"], "--size", FINETUNE_CROP, "--checkpoint",
-                            "random", "--checkpoint", encoder, "--seed", 0, "--threads", 2,
+                            "random", "--checkpoint", encoder, "--seed", 0,
                             "--out", run.out / "probe.json"], threads=2)
+        pic_start = time.time()
         files = pictures(run, py, mae_dir, seeds[0], args.jobs, cfg["arch"])
         if not run.finished("pictures"):
             run.record("pictures", time.time() - pic_start)

@@ -35,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backbones import build_vit, load_pretrained  # noqa: E402
-from pretrain.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from pretrain.data import normalize_batch  # noqa: E402
 from tools.atomic import atomic_write  # noqa: E402
 
 #: L2 penalty of the logistic regression (on standardised features).
@@ -61,11 +61,13 @@ def instance_masks(coco: Path, split: str):
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """``(3, size, size)`` tensor normalised like the pretraining input."""
+    """``(1, 3, size, size)`` batch normalised like the pretraining input (``normalize_batch``).
+
+    The whole image is resized to the square (no crop), so the instance masks, pooled over the
+    whole image, stay aligned with the token grid."""
     with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
-    x = torch.from_numpy(rgb / 255.0).permute(2, 0, 1)
-    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        rgb = np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC))
+    return normalize_batch(torch.from_numpy(rgb)[None], torch.device("cpu"))
 
 
 def pool_over_mask(maps: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
@@ -85,7 +87,7 @@ def instance_features(model, coco: Path, split: str, size: int) -> Tuple[torch.T
     for path, masks in instance_masks(coco, split):
         if not masks:
             continue
-        maps = [m[0] for m in model.forward_maps(load_image(path, size)[None], out_indices=blocks)]
+        maps = [m[0] for m in model.forward_maps(load_image(path, size), out_indices=blocks)]
         for label, mask in masks:
             feats.append(pool_over_mask(maps, mask))
             labels.append(label)
