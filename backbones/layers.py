@@ -20,17 +20,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class LayerNorm2d(nn.LayerNorm):
-    """``nn.LayerNorm(C)`` applied at every pixel of a ``(B, C, H, W)`` tensor.
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of a ``(B, C, H, W)`` tensor (Detectron2's ``"LN"``).
 
-    Subclasses ``nn.LayerNorm`` so the parameters are the usual ``weight``/``bias`` of shape (C,)
-    (no weight decay through ``tools.lr_decay``, which exempts 1-D parameters), and it can be
-    passed wherever a ``norm(num_channels) -> module`` factory is expected (e.g. Detectron2's
-    ``get_norm``). Default eps 1e-6, as in the ViT.
+    Parameters ``weight`` / ``bias`` of shape (C,), default eps 1e-6 as in the ViT. Deliberately
+    *not* a subclass of ``nn.LayerNorm``: ViTDet's weight-decay rule (Detectron2's
+    ``get_default_optimizer_params(weight_decay_norm=0)``) exempts modules that are
+    ``torch.nn.LayerNorm`` instances, and its own channel LayerNorm is not one, so the pyramid's and
+    heads' norms keep weight decay there; ``tools.lr_decay``'s ``vitdet`` policy relies on the same
+    distinction. It can be passed wherever a ``norm(num_channels) -> module`` factory is expected
+    (e.g. Detectron2's ``get_norm``).
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
-        super().__init__(num_channels, eps=eps)
+        super().__init__()
+        self.normalized_shape = (int(num_channels),)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:

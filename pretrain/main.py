@@ -121,9 +121,10 @@ def build_model(args: argparse.Namespace) -> MaskedAutoencoderViT:
 
 
 def build_optimizer(model: MaskedAutoencoderViT, args, device: torch.device):
-    """AdamW (0.9, 0.95); no weight decay on norms, biases, tokens (``tools.lr_decay``, no decay
-    across layers); fused kernel on CUDA."""
-    groups = param_groups(model, args.weight_decay, layer_decay=1.0)
+    """AdamW (0.9, 0.95); no weight decay on 1-D parameters and biases, as official MAE's timm
+    ``add_weight_decay`` (``tools.lr_decay`` policy ``mae_pretrain``: cls / mask tokens are
+    decayed there too); no lr decay across layers; fused kernel on CUDA."""
+    groups = param_groups(model, args.weight_decay, layer_decay=1.0, wd_policy="mae_pretrain")
     kwargs = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), **kwargs)
 

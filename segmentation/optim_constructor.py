@@ -5,7 +5,9 @@ only act when the backbone class name contains "MAE"/"BEiT"/"ConvNeXt", expect `
 names (our ``blocks.{i}`` would silently get scale 1) and put weight decay on ``pos_embed`` and
 ``cls_token``. This one applies the project's single rule (``tools.lr_decay.param_groups``):
 embeddings -> layer 0, ``blocks.{i}`` -> i + 1, the adapter, heads and everything else -> L + 1,
-lr = base lr x decay ** (L + 1 - id), no weight decay on 1-D params, tokens, pos_embed, rel-pos.
+lr = base lr x decay ** (L + 1 - id); which parameters skip weight decay is the named policy
+``paramwise_cfg.wd_policy`` (default ``mae_finetune``; the ADE20K configs use ``mmseg_mae``, the
+rule of MMSeg's own constructor).
 
 Each group carries its absolute ``lr``. MMEngine's schedulers (LinearLR warm-up, PolyLR, ...)
 record every group's ``initial_lr`` and scale each group by the same factor (chainable form), so
@@ -19,7 +21,8 @@ Config::
                          paramwise_cfg=dict(layer_decay_rate=0.65))
 
 ``paramwise_cfg`` keys: ``layer_decay_rate`` (required), ``num_layers`` (default: read off the
-``blocks.{i}`` names), ``no_weight_decay`` (extra exact parameter names without weight decay).
+``blocks.{i}`` names), ``no_weight_decay`` (extra exact parameter names without weight decay),
+``wd_policy`` (a ``tools.lr_decay.WD_POLICIES`` name).
 """
 from __future__ import annotations
 
@@ -32,9 +35,9 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 
-from tools.lr_decay import param_groups
+from tools.lr_decay import WD_POLICIES, param_groups
 
-_KNOWN_KEYS = {"layer_decay_rate", "num_layers", "no_weight_decay"}
+_KNOWN_KEYS = {"layer_decay_rate", "num_layers", "no_weight_decay", "wd_policy"}
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -57,13 +60,18 @@ class ViTLayerDecayOptimizerConstructor:
         self.layer_decay = float(paramwise_cfg["layer_decay_rate"])
         self.num_layers = paramwise_cfg.get("num_layers")
         self.no_weight_decay = tuple(paramwise_cfg.get("no_weight_decay", ()))
+        self.wd_policy = str(paramwise_cfg.get("wd_policy", "mae_finetune"))
+        if self.wd_policy not in WD_POLICIES:
+            raise ValueError(f"paramwise_cfg wd_policy {self.wd_policy!r} is not one of "
+                             f"{sorted(WD_POLICIES)}")
 
     def param_groups(self, model: nn.Module) -> List[Dict]:
         """The optimizer's groups (head first), each with its absolute ``lr``."""
         base_lr = float(self.optimizer_cfg["lr"])
         groups = param_groups(model, weight_decay=float(self.optimizer_cfg.get("weight_decay", 0)),
                               layer_decay=self.layer_decay, num_layers=self.num_layers,
-                              lr=base_lr, no_weight_decay=self.no_weight_decay)
+                              lr=base_lr, no_weight_decay=self.no_weight_decay,
+                              wd_policy=self.wd_policy)
         return sorted(groups, key=lambda g: (-g["layer_id"], -g["weight_decay"]))
 
     def __call__(self, model: nn.Module) -> OptimWrapper:

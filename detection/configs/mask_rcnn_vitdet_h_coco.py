@@ -18,6 +18,7 @@ model.backbone.net.drop_path_rate = 0.5
 model.backbone.net.global_blocks = [7, 15, 23, 31]
 model.backbone.net.grad_checkpointing = True
 optimizer.params.layer_decay = 0.9
+optimizer.params.wd_policy = "vitdet_h"  # ViTDet H: overrides={}, weight_decay_norm=None
 train.max_iter = coco_iterations(75)
 lr_multiplier = step_schedule(train.max_iter)
 train.output_dir = "./output/mask_rcnn_vitdet_h_coco"

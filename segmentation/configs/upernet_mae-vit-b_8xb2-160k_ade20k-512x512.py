@@ -50,7 +50,9 @@ optim_wrapper = dict(
     dtype='bfloat16',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='ViTLayerDecayOptimizerConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.65))
+    # MMSeg's MAE rule: only 1-D parameters and biases skip weight decay (tokens, pos_embed and
+    # the rel-pos tables are decayed), see tools.lr_decay.
+    paramwise_cfg=dict(layer_decay_rate=0.65, wd_policy='mmseg_mae'))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=160000),

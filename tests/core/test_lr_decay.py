@@ -72,3 +72,73 @@ def test_mae_decoder_names_are_not_counted_as_encoder_blocks():
     assert layer_id("decoder_pos_embed", 12) == 13
     assert layer_id("mask_token", 12) == 0
     assert layer_id("backbone.net.blocks.11.norm1.weight", 12) == 12
+
+
+# ------------------------------------------------------------------ weight-decay policies
+class TinyDetector(nn.Module):
+    """One-block ViT with rel-pos inside a 'backbone.net', a channel-LN pyramid conv and a BN head."""
+
+    def __init__(self):
+        super().__init__()
+        from backbones.layers import LayerNorm2d
+
+        self.backbone = nn.Module()
+        self.backbone.net = build_vit("custom", img_size=32, patch_size=16, embed_dim=8, depth=1,
+                                      num_heads=2, use_rel_pos=True, use_cls_token=True)
+        self.backbone.pyramid = nn.Sequential(nn.Conv2d(8, 4, 1), LayerNorm2d(4))
+        self.head = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+
+
+VIT = "backbone.net."
+VIT_LN = {f"{VIT}{n}.{p}" for n in ("blocks.0.norm1", "blocks.0.norm2", "norm")
+          for p in ("weight", "bias")}
+BIASES = {f"{VIT}{n}.bias" for n in ("patch_embed.proj", "blocks.0.attn.qkv",
+                                      "blocks.0.attn.proj", "blocks.0.mlp.fc1",
+                                      "blocks.0.mlp.fc2")} | {"backbone.pyramid.0.bias",
+                                                              "head.0.bias", "head.2.bias"}
+CHANNEL_LN = {"backbone.pyramid.1.weight", "backbone.pyramid.1.bias"}
+BN = {"head.1.weight", "head.1.bias"}
+REL_POS = {f"{VIT}blocks.0.attn.rel_pos_h", f"{VIT}blocks.0.attn.rel_pos_w"}
+TOKENS = {f"{VIT}cls_token", f"{VIT}pos_embed"}
+
+EXPECTED_EXEMPT = {
+    # MAE/BEiT fine-tuning: every 1-D parameter, tokens, pos_embed, rel-pos tables.
+    "mae_finetune": VIT_LN | BIASES | CHANNEL_LN | BN | REL_POS | TOKENS,
+    # ViTDet B/L: torch norm modules (the ViT's nn.LayerNorm, BatchNorm) and pos_embed only.
+    "vitdet": VIT_LN | BN | {f"{VIT}pos_embed"},
+    "vitdet_h": set(),
+    # MMSeg MAE / timm add_weight_decay: 1-D and biases; tokens and rel-pos tables decayed.
+    "mmseg_mae": VIT_LN | BIASES | CHANNEL_LN | BN,
+    "mae_pretrain": VIT_LN | BIASES | CHANNEL_LN | BN,
+}
+
+
+@pytest.mark.parametrize("policy", sorted(EXPECTED_EXEMPT))
+def test_weight_decay_policy_exempts_exactly_the_reference_parameters(policy):
+    from tools.lr_decay import WD_POLICIES
+
+    assert set(WD_POLICIES) == set(EXPECTED_EXEMPT)
+    model = TinyDetector()
+    groups = param_groups(model, weight_decay=0.1, layer_decay=0.7, wd_policy=policy)
+    wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    assert set(wd) == {n for n, _ in model.named_parameters()}
+    exempt = {n for n, v in wd.items() if v == 0.0}
+    assert exempt == EXPECTED_EXEMPT[policy]
+    assert all(v == 0.1 for n, v in wd.items() if n not in exempt)
+
+
+def test_unknown_weight_decay_policy_is_an_error():
+    with pytest.raises(ValueError, match="unknown wd_policy 'vitdet_x'"):
+        param_groups(TinyDetector(), wd_policy="vitdet_x")
+
+
+def test_mae_pretrain_policy_decays_the_tokens_as_official_mae():
+    from pretrain.model import build_mae
+
+    model = build_mae("mae_vit_mini_patch16", img_size=32)
+    groups = param_groups(model, weight_decay=0.05, layer_decay=1.0, wd_policy="mae_pretrain")
+    wd = {n: g["weight_decay"] for g in groups for n in g["param_names"]}
+    assert wd["cls_token"] == 0.05 and wd["mask_token"] == 0.05
+    assert "pos_embed" not in wd and "decoder_pos_embed" not in wd  # frozen sin-cos tables
+    assert wd["blocks.0.norm1.weight"] == 0.0 and wd["decoder_embed.bias"] == 0.0
+    assert wd["decoder_blocks.0.attn.qkv.weight"] == 0.05

@@ -79,10 +79,14 @@ def test_layer_decay_groups_keep_their_ratios_through_detectron2s_lr_schedule(mo
     for lid, group in by_layer.items():
         assert math.isclose(group["lr"], base * decay ** (depth + 1 - lid))
     groups_wd = {n: g["weight_decay"] for g in optimizer.param_groups for n in g["param_names"]}
-    assert groups_wd["backbone.net.blocks.1.attn.qkv.weight"] == 0.1
-    for name in ("backbone.net.pos_embed", "backbone.net.blocks.1.attn.rel_pos_h",
-                 "backbone.pyramid.levels.0.1.1.weight"):
+    # ViTDet's rule (wd_policy="vitdet"): only nn.LayerNorm parameters and pos_embed skip decay;
+    # rel-pos tables, biases and the pyramid's channel LayerNorm are decayed.
+    for name in ("backbone.net.pos_embed", "backbone.net.blocks.1.norm1.weight",
+                 "backbone.net.blocks.1.norm2.bias"):
         assert groups_wd[name] == 0.0, name
+    for name in ("backbone.net.blocks.1.attn.qkv.weight", "backbone.net.blocks.1.attn.qkv.bias",
+                 "backbone.net.blocks.1.attn.rel_pos_h", "backbone.pyramid.levels.0.1.1.weight"):
+        assert groups_wd[name] == 0.1, name
 
     max_iter = cfg.train.max_iter
     scheduler = LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), max_iter)

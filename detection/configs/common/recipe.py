@@ -1,7 +1,9 @@
 """ViTDet's optimisation recipe: AdamW with layer-wise lr decay, warm-up + step schedule, AMP.
 
 - AdamW, lr 1e-4 at batch 64, betas (0.9, 0.999), weight decay 0.1; parameter groups from
-  ``tools.lr_decay.param_groups`` (ViT-B layer decay 0.7; L 0.8, H 0.9). Each group's lr is
+  ``tools.lr_decay.param_groups`` (ViT-B layer decay 0.7; L 0.8, H 0.9) with ViTDet's weight-decay
+  rule (``wd_policy="vitdet"``: only ``nn.LayerNorm`` parameters and ``pos_embed`` skip it; the
+  H config uses ``"vitdet_h"``, where nothing does). Each group's lr is
   ``lr * lr_scale``; Detectron2's ``LRMultiplier`` scales every group's initial lr by the
   schedule, so the decay holds throughout;
 - ``coco_iterations(epochs)`` (COCO's 118k images at batch 64: 100 epochs = 184375) and
@@ -45,7 +47,7 @@ lr_multiplier = step_schedule(max_iter)
 
 optimizer = L(torch.optim.AdamW)(
     # ``model`` is filled in by detection.training.build_optimizer.
-    params=L(param_groups)(weight_decay=0.1, layer_decay=0.7, lr="${..lr}"),
+    params=L(param_groups)(weight_decay=0.1, layer_decay=0.7, lr="${..lr}", wd_policy="vitdet"),
     lr=1e-4,
     betas=(0.9, 0.999),
     weight_decay=0.1,
