@@ -53,7 +53,8 @@ def run_child(args) -> dict:
 
     torch.manual_seed(0)
     cuda = args.device == "cuda"
-    cfg = LazyConfig.load(os.path.join(os.path.dirname(os.path.dirname(__file__)), CONFIG))
+    cfg = LazyConfig.load(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                       args.config))
     cfg.model.backbone.net.update(name=args.arch, img_size=args.size, drop_path_rate=0.0)
     cfg.model.backbone.square_pad = args.size
     model = instantiate(cfg.model).to(args.device).train()
@@ -96,6 +97,10 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3 if cuda else 1)
     ap.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16")
     ap.add_argument("--compile", action="store_true", help="torch.compile each ViT block")
+    ap.add_argument("--config", default=CONFIG,
+                    help="LazyConfig whose model is timed (the CPU smoke check uses "
+                         "detection/configs/mask_rcnn_vit_mini_cpu.py: toy heads)")
+    ap.add_argument("--json", default=None, help="write the results to this file")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -107,7 +112,8 @@ def main(argv=None) -> int:
           f"{args.iters} timed iterations after {args.warmup} warm-up")
     results = {}
     for variant in VARIANTS:
-        cmd = [sys.executable, os.path.abspath(__file__), *forwarded, "--child", variant]
+        cmd = [sys.executable, os.path.abspath(__file__), *_without_json(forwarded), "--child",
+               variant]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode:
             print(f"{variant}: failed\n{run.stderr[-2000:]}", file=sys.stderr)
@@ -116,9 +122,31 @@ def main(argv=None) -> int:
         print(f"  {variant:8s}  {r['s_per_iter']:.3f} s/iter   peak "
               f"{r['peak_bytes'] / 2**30:.2f} GiB ({r['memory']})")
     fused, explicit = results["fused"], results["explicit"]
-    print(f"explicit / fused: time x{explicit['s_per_iter'] / fused['s_per_iter']:.2f}, "
-          f"peak memory x{explicit['peak_bytes'] / fused['peak_bytes']:.2f}")
+    results["time_ratio_explicit_over_fused"] = explicit["s_per_iter"] / fused["s_per_iter"]
+    results["memory_ratio_explicit_over_fused"] = explicit["peak_bytes"] / fused["peak_bytes"]
+    print(f"explicit / fused: time x{results['time_ratio_explicit_over_fused']:.2f}, "
+          f"peak memory x{results['memory_ratio_explicit_over_fused']:.2f}")
+    if args.json:
+        results["settings"] = {"config": args.config, "arch": args.arch, "size": args.size, "batch": args.batch,
+                               "amp": args.amp if args.device == "cuda" else None,
+                               "device": args.device, "iters": args.iters,
+                               "warmup": args.warmup, "compile": args.compile}
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
     return 0
+
+
+def _without_json(argv):
+    """The parent's arguments minus ``--json`` (children print their result instead)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--json":
+            skip = True
+        elif not a.startswith("--json="):
+            out.append(a)
+    return out
 
 
 if __name__ == "__main__":

@@ -5,10 +5,14 @@ speed-up of encoding only the visible patches, all measured in one run.
     python bench/pretrain_throughput.py --model mae_vit_large_patch16 --batch_size 128 --compile
     python bench/pretrain_throughput.py --device cpu                      # small CPU default
     python bench/pretrain_throughput.py --data_path DIR --num_workers 16  # + data loader speed
+    python bench/pretrain_throughput.py --data_path DIR --skip_synthetic --num_workers 1  # per core
+    python bench/pretrain_throughput.py --data_path DIR --end_to_end [--decode_on_device]
 
 A step is what training does: forward (bf16 autocast on GPU), loss, backward, fused AdamW update,
 on synthetic device-resident images (the model's speed, not the disk's; ``--data_path`` times
-the loader separately, to show whether it keeps up). The same step is then timed with the
+the loader separately, to show whether it keeps up, in images/s and images per CPU-second, and
+``--end_to_end`` the steps fed by it). The first step is reported on its own: with ``--compile``
+it is the compilation time. The same step is then timed with the
 paper's ablation "encoder w/ [M]": the encoder processes every patch, masked ones replaced by a
 mask token. The ratio of the two is what encoding the visible 25% saves (the paper reports about
 3x for ViT-L, counting the whole step).
@@ -23,10 +27,11 @@ import argparse
 import copy
 import json
 import os
+import resource
 import sys
 import time
 import warnings
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -85,19 +90,15 @@ def forward_flops_per_image(model, mask_ratio: float) -> float:
         return 2.0 * analysis.total()
 
 
-def time_steps(model, args, device: torch.device) -> Dict[str, float]:
-    """Images/s of full training steps (after warm-up), and peak memory on CUDA."""
+def make_step(model, args, device: torch.device):
+    """One training step as ``pretrain/`` runs it on this device: bf16 autocast (on CUDA, or with
+    ``--amp``), loss, backward, AdamW (fused on CUDA), optionally through ``torch.compile``."""
     opt = build_optimizer(model, argparse.Namespace(weight_decay=0.05, lr=1e-4), device)
     amp = args.amp if args.amp is not None else device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     step_model = torch.compile(model) if args.compile else model
-    g = torch.Generator(device=device).manual_seed(0)
-    size = model.config["img_size"]
-    imgs = torch.randn(args.batch_size, 3, *size, device=device, generator=g)
-    imgs = imgs.contiguous(memory_format=torch.channels_last)
-    noise = torch.rand(args.batch_size, model.num_patches, device=device, generator=g)
 
-    def step():
+    def step(imgs, noise):
         with autocast:
             loss = step_model(imgs, args.mask_ratio, noise).loss
         loss.backward()
@@ -105,43 +106,118 @@ def time_steps(model, args, device: torch.device) -> Dict[str, float]:
         opt.zero_grad(set_to_none=True)
         return loss
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    return step
 
-    for _ in range(args.warmup):
-        step()
-    sync()
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(model, args, device: torch.device) -> Dict[str, float]:
+    """Images/s of full training steps on device-resident synthetic images (after warm-up), the
+    first step's time on its own (it includes compilation with ``--compile``), peak memory."""
+    step = make_step(model, args, device)
+    g = torch.Generator(device=device).manual_seed(0)
+    size = model.config["img_size"]
+    imgs = torch.randn(args.batch_size, 3, *size, device=device, generator=g)
+    imgs = imgs.contiguous(memory_format=torch.channels_last)
+    noise = torch.rand(args.batch_size, model.num_patches, device=device, generator=g)
+
+    t0 = time.perf_counter()
+    step(imgs, noise)
+    _sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(max(0, args.warmup - 1)):
+        step(imgs, noise)
+    _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        loss = step()
-    sync()
+        loss = step(imgs, noise)
+    _sync(device)
     elapsed = time.perf_counter() - t0
     out = {"images_per_s": args.steps * args.batch_size / elapsed,
-           "ms_per_step": 1000 * elapsed / args.steps, "loss": float(loss.detach())}
+           "ms_per_step": 1000 * elapsed / args.steps, "first_step_s": first,
+           "loss": float(loss.detach())}
     if device.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
 
 
-def time_loader(args, num_patches: int) -> float:
-    """Images/s the training data loader delivers (after one warm-up batch)."""
+def build_loader(args, num_patches: int, batches: int):
+    """The training data loader of ``pretrain/`` over ``--data_path``, cycling through the
+    photos for ``batches`` batches (JPEG bytes decoded on the device with ``--decode_on_device``)."""
     from torch.utils.data import DataLoader
 
     from pretrain.data import ImageFolderMAE, ResumableSampler
+    from pretrain.device_decode import EncodedImageFolder, EncodedLoader, collate_encoded
 
-    ds = ImageFolderMAE(args.data_path, args.input_size, num_patches)
-    sampler = ResumableSampler(len(ds), args.batch_size, steps_per_epoch=args.loader_batches + 1)
+    cls = EncodedImageFolder if args.decode_on_device else ImageFolderMAE
+    ds = cls(args.data_path, args.input_size, num_patches)
+    sampler = ResumableSampler(len(ds), args.batch_size, steps_per_epoch=batches)
     loader = DataLoader(ds, batch_size=args.batch_size, sampler=sampler,
                         num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
-                        prefetch_factor=4 if args.num_workers else None)
+                        prefetch_factor=4 if args.num_workers else None,
+                        collate_fn=collate_encoded if args.decode_on_device else None)
+    return EncodedLoader(loader, ds) if args.decode_on_device else loader
+
+
+def _cpu_seconds() -> Tuple[float, float]:
+    """CPU seconds of this process, and of its finished children (loader workers, once joined)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def time_loader(args, num_patches: int, device: torch.device) -> Dict[str, float]:
+    """What the data loader delivers (uint8 batches on ``device``, decoded there with
+    ``--decode_on_device``): images/s of wall clock and per worker process, and images per
+    CPU-second of the workers alone and of workers + this process. CPU time is what sizes a
+    machine (cores per GPU), and it does not change when other jobs share the cores."""
+    loader = build_loader(args, num_patches, args.loader_batches + 1)
     it = iter(loader)
-    next(it)
-    t0 = time.perf_counter()
-    n = sum(batch.shape[0] for batch, _ in it)
-    return n / (time.perf_counter() - t0)
+    next(it)  # workers started, first batch (imports, file lists) out of the clock
+    (own0, kids0), t0 = _cpu_seconds(), time.perf_counter()
+    n = 0
+    for batch, _ in it:
+        pixels = batch.decode(device) if hasattr(batch, "decode") else batch.to(device)
+        n += pixels.shape[0]
+    _sync(device)
+    wall = time.perf_counter() - t0
+    del it  # workers joined: their CPU time is now counted
+    own1, kids1 = _cpu_seconds()
+    speed = n / wall
+    out = {"images_per_s": speed, "num_workers": args.num_workers,
+           "images_per_s_per_worker": speed / max(1, args.num_workers),
+           "images_per_cpu_s": n / max(own1 - own0 + kids1 - kids0, 1e-9), "images": n,
+           "decode_on_device": bool(args.decode_on_device)}
+    if args.num_workers:
+        out["worker_images_per_cpu_s"] = n / max(kids1 - kids0, 1e-9)
+    return out
+
+
+def time_end_to_end(model, args, device: torch.device) -> Dict[str, float]:
+    """Images/s of training steps fed by the real loader from JPEG files (warm-up excluded)."""
+    from pretrain.data import normalize_batch
+
+    step = make_step(model, args, device)
+    loader = build_loader(args, model.num_patches, args.warmup + args.steps)
+    it = iter(loader)
+    for _ in range(args.warmup):
+        batch, noise = next(it)
+        pixels = batch.decode(device) if hasattr(batch, "decode") else batch
+        step(normalize_batch(pixels, device), noise.to(device, non_blocking=True))
+    _sync(device)
+    t0, n = time.perf_counter(), 0
+    for batch, noise in it:
+        pixels = batch.decode(device) if hasattr(batch, "decode") else batch
+        loss = step(normalize_batch(pixels, device), noise.to(device, non_blocking=True))
+        n += pixels.shape[0]
+    _sync(device)
+    return {"images_per_s": n / (time.perf_counter() - t0), "num_workers": args.num_workers,
+            "decode_on_device": bool(args.decode_on_device), "loss": float(loss.detach())}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -163,6 +239,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data_path", default=None, help="also time the data loader on this folder")
     ap.add_argument("--num_workers", type=int, default=min(10, os.cpu_count() or 1))
     ap.add_argument("--loader_batches", type=int, default=20)
+    ap.add_argument("--decode_on_device", action="store_true",
+                    help="loader ships JPEG bytes; decode + crop + flip on --device")
+    ap.add_argument("--skip_synthetic", action="store_true",
+                    help="skip the steps on synthetic images (with --data_path: loader, end to end)")
+    ap.add_argument("--end_to_end", action="store_true",
+                    help="with --data_path: also time training steps fed by the loader")
     ap.add_argument("--json", default=None, help="write the results to this file")
     args = ap.parse_args(argv)
     gpu = args.device.startswith("cuda")
@@ -173,19 +255,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    peak = peak_tflops(device, args.peak_tflops)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    amp = args.amp if args.amp is not None else device.type == "cuda"
-    print(f"{args.model}, {args.input_size} px, batch {args.batch_size}, mask {args.mask_ratio}, "
-          f"{name}, amp {'bf16' if amp else 'off'}, compile {args.compile}")
-    results = {"model": args.model, "device": name, "batch_size": args.batch_size,
-               "input_size": args.input_size, "compile": args.compile}
+def time_variants(args, device: torch.device, peak: Optional[float]) -> Dict[str, object]:
+    """The visible-only step and (unless ``--skip_all_patches``) the all-patches ablation."""
+    results: Dict[str, object] = {}
     variants = [("visible_only", False)] + ([] if args.skip_all_patches
                                             else [("all_patches", True)])
     for label, in_encoder in variants:
@@ -201,7 +273,8 @@ def main(argv=None) -> int:
             r["mfu"] = 3 * flops * r["images_per_s"] / (peak * 1e12)
         results[label] = r
         line = (f"  {label:13s} {r['images_per_s']:9.1f} img/s  {r['ms_per_step']:8.1f} ms/step  "
-                f"{r['train_gflops_per_image']:7.1f} GFLOP/img (train)")
+                f"{r['train_gflops_per_image']:7.1f} GFLOP/img (train)  first step "
+                f"{r['first_step_s']:.1f} s")
         if "mfu" in r:
             line += f"  MFU {100 * r['mfu']:.1f}% of {peak:.0f} TFLOP/s"
         if "peak_mem_gib" in r:
@@ -217,12 +290,44 @@ def main(argv=None) -> int:
         print(f"  visible-only encoding: {results['speedup_visible_only']:.2f}x faster than "
               f"encoding all patches ({results['flops_ratio']:.2f}x fewer FLOPs); the paper "
               f"reports ~3x for ViT-L")
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    peak = peak_tflops(device, args.peak_tflops)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    amp = args.amp if args.amp is not None else device.type == "cuda"
+    print(f"{args.model}, {args.input_size} px, batch {args.batch_size}, mask {args.mask_ratio}, "
+          f"{name}, amp {'bf16' if amp else 'off'}, compile {args.compile}")
+    results = {"model": args.model, "device": name, "batch_size": args.batch_size,
+               "input_size": args.input_size, "compile": args.compile,
+               "amp": "bf16" if amp else None, "peak_tflops": peak}
+    if not args.skip_synthetic:
+        results.update(time_variants(args, device, peak))
     if args.data_path:
-        speed = time_loader(args, build_mae(args.model, img_size=args.input_size).num_patches)
-        results["loader_images_per_s"] = speed
-        need = results["visible_only"]["images_per_s"]
-        print(f"  data loader   {speed:9.1f} img/s with {args.num_workers} workers "
-              f"({speed / need:.2f}x what one step consumes)")
+        num_patches = build_mae(args.model, img_size=args.input_size).num_patches
+        r = results["loader"] = time_loader(args, num_patches, device)
+        where = f"decoded on {device.type}" if args.decode_on_device else "decoded by the workers"
+        line = (f"  data loader   {r['images_per_s']:9.1f} img/s with {args.num_workers} workers "
+                f"({where}); {r.get('worker_images_per_cpu_s', r['images_per_cpu_s']):.0f} img "
+                f"per CPU-second of the workers, {r['images_per_cpu_s']:.0f} with this process")
+        if "visible_only" in results:
+            line += f"; {r['images_per_s'] / results['visible_only']['images_per_s']:.2f}x " \
+                    f"what one step consumes"
+        print(line, flush=True)
+        if args.end_to_end:
+            torch.manual_seed(0)
+            model = build_mae(args.model, img_size=args.input_size).to(device)
+            if device.type == "cuda":
+                model.to(memory_format=torch.channels_last)
+            r = results["end_to_end"] = time_end_to_end(model, args, device)
+            print(f"  end to end    {r['images_per_s']:9.1f} img/s (training steps fed by the "
+                  f"loader from JPEG files)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1,
                     help="run the pair this many times, alternating, and keep each one's best "
                          "(for shared or noisy machines)")
+    ap.add_argument("--json", default=None, help="write the results to this file")
     ap.add_argument("--child", choices=["ours", "mmseg"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.device is None:
@@ -163,8 +164,17 @@ def main(argv=None) -> int:
     o, m = results["ours"], results["mmseg"]
     print(f"best of {args.repeats}: ours {o['s_per_iter']:.3f} s/iter, "
           f"mmseg {m['s_per_iter']:.3f} s/iter")
-    print(f"ratio ours / mmseg: time {o['s_per_iter'] / m['s_per_iter']:.2f}x, "
-          f"memory {o['peak_gb'] / max(m['peak_gb'], 1e-9):.2f}x")
+    results["time_ratio_ours_over_mmseg"] = o["s_per_iter"] / m["s_per_iter"]
+    results["memory_ratio_ours_over_mmseg"] = o["peak_gb"] / max(m["peak_gb"], 1e-9)
+    print(f"ratio ours / mmseg: time {results['time_ratio_ours_over_mmseg']:.2f}x, "
+          f"memory {results['memory_ratio_ours_over_mmseg']:.2f}x")
+    if args.json:
+        results["settings"] = {"arch": args.arch, "size": args.size, "batch": args.batch,
+                               "device": args.device, "amp": "bf16" if gpu else None,
+                               "iters": args.iters, "warmup": args.warmup,
+                               "repeats": args.repeats, "memory": mem}
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
     return 0
 
 

@@ -13,14 +13,17 @@ TensorBoard). What is ours:
   API differs across versions;
 - ``train.init_checkpoint`` loads any ViT checkpoint into ``model.backbone.net``
   (``detection.checkpointing``); ``--resume`` restores model, optimizer, scheduler, iteration;
-- optional ``train.compile``: ``torch.compile`` of each ViT block in place (names unchanged);
+- optional ``train.compile``: ``torch.compile`` of each ViT block in place (names unchanged;
+  ``True`` or a dict of ``torch.compile`` keyword arguments);
+- ``train.amp.cpu=True``: the bf16 autocast path on a CPU (tests of the GPU path; off by default,
+  since CPU bf16 is slower than fp32 on most CPUs);
   ``train.cpu_threads``: torch's thread count for CPU runs (0: torch's default).
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
@@ -99,21 +102,28 @@ def amp_dtype(cfg) -> Optional[torch.dtype]:
     amp = cfg.train.get("amp", {})
     if not amp.get("enabled", False):
         return None
-    if not str(cfg.train.device).startswith("cuda"):
-        logger.info("train.amp.enabled ignored: mixed precision is for GPUs; training in fp32")
-        return None
     name = str(amp.get("dtype", "bfloat16"))
     if name not in _AMP_DTYPES:
         raise UsageError(f"train.amp.dtype must be one of {sorted(_AMP_DTYPES)}, got {name!r}")
+    if not str(cfg.train.device).startswith("cuda"):
+        if not amp.get("cpu", False):
+            logger.info("train.amp.enabled ignored: mixed precision is for GPUs; training in fp32 "
+                        "(train.amp.cpu=True runs the bf16 path on the CPU, to test it)")
+            return None
+        if _AMP_DTYPES[name] is not torch.bfloat16:
+            raise UsageError(f"train.amp.cpu=True: CPU autocast is bfloat16 only, got {name!r}")
     return _AMP_DTYPES[name]
 
 
 def build_model(cfg) -> torch.nn.Module:
     """Instantiate ``cfg.model`` on ``cfg.train.device`` (compiled blocks if ``train.compile``)."""
     model = instantiate(cfg.model).to(str(cfg.train.device))
-    if cfg.train.get("compile", False):
+    options = cfg.train.get("compile", False)
+    if options:
+        # True, or torch.compile's keyword arguments (e.g. {"backend": "aot_eager"})
+        kwargs = dict(options) if isinstance(options, Mapping) else {}
         for block in model.backbone.net.blocks:
-            block.compile()  # in place: parameter names (and checkpoints) stay the same
+            block.compile(**kwargs)  # in place: parameter names (and checkpoints) stay the same
     logger.info("model: %.1fM parameters (%.1fM in the ViT)",
                 sum(p.numel() for p in model.parameters()) / 1e6,
                 sum(p.numel() for p in model.backbone.net.parameters()) / 1e6)

@@ -145,6 +145,11 @@ class ImageFolderMAE(Dataset):
         return len(self.files)
 
     def __getitem__(self, key) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.decoded(key)
+
+    def decoded(self, key) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The sample decoded on the CPU: what ``__getitem__`` returns here, and what
+        pictures and the device-decoding subclass's fallback use."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         noise_rng = sample_rng(self.seed, epoch, index, NOISE_STREAM)
         noise = torch.from_numpy(noise_rng.random(self.num_patches, dtype=np.float32))

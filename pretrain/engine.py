@@ -84,6 +84,8 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
         if step % cfg.accum_iter == 0:
             lr = cfg.lr_fn(progress.epoch + step / cfg.steps_per_epoch)
             apply_lr(optimizer, lr)
+        if hasattr(batch, "decode"):  # --decode_on_device: JPEG bytes, decoded there
+            batch = batch.decode(device)
         imgs = normalize_batch(batch, device)
         noise = noise.to(device, non_blocking=True)
         boundary = (step + 1) % cfg.accum_iter == 0

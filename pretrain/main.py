@@ -32,6 +32,7 @@ from pretrain.checkpoint import (atomic_save, load_training_checkpoint, plain, r
                                  set_rng_state)
 from pretrain.data import (DatasetError, ImageFolderMAE, ResumableSampler, ignore_stop_signals,
                            normalize_batch)
+from pretrain.device_decode import EncodedImageFolder, EncodedLoader, collate_encoded
 from pretrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from pretrain.engine import NonFiniteLoss, Progress, StepConfig, train_one_epoch
 from pretrain.logs import MetricWriter, setup_logging
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--amp_dtype", choices=("bfloat16", "float16"), default="bfloat16",
       help="float16 adds a gradient scaler")
     a("--grad_checkpointing", action="store_true", help="recompute activations (less memory)")
+    a("--decode_on_device", action="store_true",
+      help="workers read JPEG bytes; the training device decodes, crops and flips the batch "
+           "(torchvision.io.decode_jpeg): for GPUs with few CPU cores per GPU")
     return ap
 
 
@@ -167,8 +171,9 @@ class Run:
         self.model = build_model(args).to(device)
         if device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)  # patch-embed conv in NHWC
-        self.dataset = ImageFolderMAE(args.data_path, args.input_size, self.model.num_patches,
-                                      seed=args.seed)
+        dataset_cls = EncodedImageFolder if args.decode_on_device else ImageFolderMAE
+        self.dataset = dataset_cls(args.data_path, args.input_size, self.model.num_patches,
+                                   seed=args.seed)
         self.sampler = self._make_sampler()
         self.steps_per_epoch = self.sampler.steps_per_epoch
         if args.lr is None:
@@ -264,14 +269,16 @@ class Run:
         return path
 
     # ------------------------------------------------------------------------------ training
-    def loader(self) -> DataLoader:
+    def loader(self):
         a, cuda = self.args, self.dist.device.type == "cuda"
         workers = max(0, a.num_workers)
-        return DataLoader(self.dataset, batch_size=a.batch_size, sampler=self.sampler,
-                          num_workers=workers, pin_memory=cuda, drop_last=False,
-                          persistent_workers=workers > 0,
-                          prefetch_factor=4 if workers > 0 else None,
-                          worker_init_fn=ignore_stop_signals if workers > 0 else None)
+        loader = DataLoader(self.dataset, batch_size=a.batch_size, sampler=self.sampler,
+                            num_workers=workers, pin_memory=cuda, drop_last=False,
+                            persistent_workers=workers > 0,
+                            prefetch_factor=4 if workers > 0 else None,
+                            worker_init_fn=ignore_stop_signals if workers > 0 else None,
+                            collate_fn=collate_encoded if a.decode_on_device else None)
+        return EncodedLoader(loader, self.dataset) if a.decode_on_device else loader
 
     def visualize(self, writer: MetricWriter) -> None:
         a = self.args
@@ -280,7 +287,8 @@ class Run:
         done = self.progress.epoch
         if done % a.vis_every and done != a.epochs:
             return
-        items = [self.dataset[(0, i)] for i in range(min(a.vis_images, len(self.dataset)))]
+        items = [self.dataset.decoded((0, i))
+                 for i in range(min(a.vis_images, len(self.dataset)))]
         imgs = normalize_batch(torch.stack([x for x, _ in items]), self.dist.device)
         noise = torch.stack([n for _, n in items]).to(self.dist.device)
         with torch.autocast(self.dist.device.type, dtype=self.amp_dtype,

@@ -31,7 +31,9 @@ def parse_args(argv=None):
                                          "timm / Detectron2 / MMSeg checkpoint")
     ap.add_argument("--resume", nargs="?", const="auto", default=None,
                     help="resume from the work dir's latest checkpoint, or from the given file")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model's train_step (options: --cfg-options "
+                         "compile.backend=...)")
     ap.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint")
     ap.add_argument("--checkpoint", help="checkpoint to evaluate with --eval-only")
     ap.add_argument("--out", help="results JSON of --eval-only (default: WORK_DIR/test_results.json)")
@@ -54,8 +56,8 @@ def main(argv=None) -> int:
         if args.pretrained:
             entry.set_pretrained(cfg, args.pretrained)
         entry.resolve_resume(cfg, args.resume)
-        if args.compile:
-            cfg.compile = True
+        if args.compile and not cfg.get("compile"):
+            cfg.compile = True  # a compile dict from --cfg-options (e.g. backend=...) is kept
         record = entry.run_train(cfg)
         if record:
             print(f"final validation (iter {record['iter']}): {entry.format_metrics(record)}")
