@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     print(f"explicit / fused: time x{results['time_ratio_explicit_over_fused']:.2f}, "
           f"peak memory x{results['memory_ratio_explicit_over_fused']:.2f}")
     if args.json:
-        results["settings"] = {"config": args.config, "arch": args.arch, "size": args.size, "batch": args.batch,
+        results["settings"] = {"config": args.config, "arch": args.arch, "size": args.size,
+                               "batch": args.batch,
                                "amp": args.amp if args.device == "cuda" else None,
                                "device": args.device, "iters": args.iters,
                                "warmup": args.warmup, "compile": args.compile}

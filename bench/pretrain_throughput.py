@@ -148,7 +148,8 @@ def time_steps(model, args, device: torch.device) -> Dict[str, float]:
 
 def build_loader(args, num_patches: int, batches: int):
     """The training data loader of ``pretrain/`` over ``--data_path``, cycling through the
-    photos for ``batches`` batches (JPEG bytes decoded on the device with ``--decode_on_device``)."""
+    photos for ``batches`` batches (JPEG bytes, decoded on the device, with
+    ``--decode_on_device``)."""
     from torch.utils.data import DataLoader
 
     from pretrain.data import ImageFolderMAE, ResumableSampler
@@ -242,7 +243,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--decode_on_device", action="store_true",
                     help="loader ships JPEG bytes; decode + crop + flip on --device")
     ap.add_argument("--skip_synthetic", action="store_true",
-                    help="skip the steps on synthetic images (with --data_path: loader, end to end)")
+                    help="skip the steps on synthetic images (with --data_path: the loader and "
+                         "--end_to_end only)")
     ap.add_argument("--end_to_end", action="store_true",
                     help="with --data_path: also time training steps fed by the loader")
     ap.add_argument("--json", default=None, help="write the results to this file")

@@ -9,7 +9,8 @@ The config adaptations, each logged, are what a user would otherwise edit by han
   ``OptimWrapper`` (fp32), so the same config runs on a laptop (one process: MMEngine's
   multi-process launchers need GPUs, and are refused with a one-line error there).
 - the ``SegResultsJSONHook`` is added if a config lacks it, so every evaluation leaves JSON.
-- ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile).
+- ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile
+  of the backbone; see ``compile_backbone``).
 """
 from __future__ import annotations
 
@@ -215,11 +216,27 @@ def run_test(cfg: Config, checkpoint: str, out: Optional[str] = None) -> dict:
     return read_results(out) if osp.isfile(out) else {}
 
 
+def compile_backbone(runner, options) -> None:
+    """``torch.compile`` the segmentor's backbone in place (parameter names unchanged).
+
+    Not MMEngine's own ``cfg.compile``, which compiles the whole ``train_step``: its guards on
+    each batch's metadata (the image paths inside the data samples) recompile the data
+    preprocessor at every iteration (measured on the CPU: 12 s an iteration instead of 0.2 s).
+    ``options``: True, or a dict of ``torch.compile`` keyword arguments (``backend=...``).
+    """
+    kwargs = dict(options) if isinstance(options, dict) else {}
+    model = getattr(runner.model, "module", runner.model)  # under DDP: the wrapped segmentor
+    model.backbone.compile(**kwargs)
+    print_log(f"torch.compile: {type(model.backbone).__name__} compiled in place "
+              f"({kwargs or 'default options'})", logger="current")
+
+
 def run_train(cfg: Config) -> Optional[dict]:
     ensure_results_hook(cfg)
-    if cfg.get("compile"):
-        print_log("torch.compile is on", logger="current")
+    options = cfg.pop("compile", None)
     runner = build_runner(cfg)
+    if options:
+        compile_backbone(runner, options)
     runner.train()
     path = latest_val_results(cfg.work_dir)
     record = read_results(path) if path else None

@@ -32,7 +32,7 @@ def parse_args(argv=None):
     ap.add_argument("--resume", nargs="?", const="auto", default=None,
                     help="resume from the work dir's latest checkpoint, or from the given file")
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the model's train_step (options: --cfg-options "
+                    help="torch.compile the backbone (options: --cfg-options "
                          "compile.backend=...)")
     ap.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint")
     ap.add_argument("--checkpoint", help="checkpoint to evaluate with --eval-only")

@@ -91,3 +91,36 @@ def test_photo_folder_prefers_the_full_size_coco_photos(tmp_path):
     (tmp_path / "coco-mini" / "coco").mkdir(parents=True)
     (tmp_path / "coco-mini" / "coco" / "b.jpg").write_bytes(b"x")
     assert photo_folder(tmp_path) == tmp_path / "coco-mini"
+
+
+def test_gpu_plan_has_the_papers_sizes_and_the_costliest_compile_last(tmp_path):
+    """The default (GPU) command lines, checked without a GPU: what will run, in which order."""
+    from bench.acceptance import parse_args, plan
+
+    args = parse_args(["--out", str(tmp_path), "--data", str(tmp_path / "photos")])
+    assert args.device == "cuda" and args.budget_s == 480 and args.child_env == {}
+    runs = plan(args, "test")
+    names = [f"{r.part}/{r.name}" for r in runs]
+    assert names == ["pretrain/vit_b", "pretrain/vit_b_compiled", "pretrain/vit_l",
+                     "loader/decode_in_workers", "loader/decode_on_device", "det/vitdet_step",
+                     "seg/upernet_step", "entry/pretrain_sh_compile", "entry/train_det_amp",
+                     "entry/train_seg_amp", "pretrain/vit_l_compiled"]
+
+    def flag(run, name):
+        return run.cmd[run.cmd.index(name) + 1]
+
+    by_name = dict(zip(names, runs))
+    for name, model, batch in (("pretrain/vit_b", "mae_vit_base_patch16", "256"),
+                               ("pretrain/vit_l_compiled", "mae_vit_large_patch16", "128")):
+        run = by_name[name]
+        assert (flag(run, "--model"), flag(run, "--batch_size"), flag(run, "--input_size"),
+                flag(run, "--device")) == (model, batch, "224", "cuda")
+    assert "--amp" not in by_name["pretrain/vit_b"].cmd  # bf16 is the CUDA default
+    assert "--compile" in by_name["pretrain/vit_l_compiled"].cmd
+    det = by_name["det/vitdet_step"]
+    assert (flag(det, "--size"), flag(det, "--batch"), flag(det, "--amp")) == ("1024", "2", "bf16")
+    assert flag(by_name["seg/upernet_step"], "--size") == "512"
+    assert "--decode_on_device" in by_name["loader/decode_on_device"].cmd
+    assert "train.device=cuda" in by_name["entry/train_det_amp"].cmd
+    assert "--compile" in by_name["entry/pretrain_sh_compile"].cmd
+    assert sum(r.timeout_s for r in runs) > args.budget_s  # the budget, not the limits, binds
