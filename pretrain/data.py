@@ -151,8 +151,7 @@ class ImageFolderMAE(Dataset):
         """The sample decoded on the CPU: what ``__getitem__`` returns here, and what
         pictures and the device-decoding subclass's fallback use."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        noise_rng = sample_rng(self.seed, epoch, index, NOISE_STREAM)
-        noise = torch.from_numpy(noise_rng.random(self.num_patches, dtype=np.float32))
+        noise = self.mask_noise(epoch, index)
         for attempt in range(min(MAX_CONSECUTIVE_FAILURES, len(self.files))):
             path = self.files[(index + attempt) % len(self.files)]
             # A fresh crop generator per attempt: a substitute image gets the crop it would
@@ -165,6 +164,11 @@ class ImageFolderMAE(Dataset):
                 self._report(path, exc)
         raise DatasetError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images starting at "
                            f"{self.files[index]}: is {self.root} an image folder?")
+
+    def mask_noise(self, epoch: int, index: int) -> torch.Tensor:
+        """The sample's float32 mask noise ``(num_patches,)`` (its own random stream)."""
+        rng = sample_rng(self.seed, epoch, index, NOISE_STREAM)
+        return torch.from_numpy(rng.random(self.num_patches, dtype=np.float32))
 
     def _report(self, path: Path, exc: Exception) -> None:
         if path in self._reported:

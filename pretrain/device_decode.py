@@ -1,15 +1,15 @@
 """JPEG decoding on the training device: loader workers read bytes, the GPU decodes and crops.
 
 Why: the CPU path (``ImageFolderMAE``: PIL decode + RandomResizedCrop + flip in the workers)
-delivers about 120 full-size photos (640x480) per second per CPU core, so a GPU training
-5,500 img/s would need ~46 cores feeding it (docs/benchmarks.md). Here each worker only parses
+delivers about 110 full-size photos (640x480) per CPU-second, so a GPU training 5,500 img/s
+would need ~50 cores feeding it; the workers here need ~11 (docs/benchmarks.md). Here each worker only parses
 the JPEG header, draws the same random crop and flip as the CPU path (same generator, same
 order of draws: the two paths crop the same box of the same image), and ships the file's bytes.
 The main process then decodes the whole batch with ``torchvision.io.decode_jpeg(list, device=)``
 (nvJPEG on CUDA, one batched call) and does the crop, bicubic resize (antialiased, as PIL's) and
 flip on the device. The same code runs on the CPU (``device='cpu'``), which is how it is tested.
 
-What stays on the CPU path: files that are not baseline RGB/greyscale JPEGs (PNG, CMYK JPEG, ...)
+What stays on the CPU path: files that are not RGB / greyscale JPEGs (PNG, CMYK JPEG, ...)
 and files that fail to decode. They are decoded by ``ImageFolderMAE`` (substituting the next
 readable file, as there), so a batch keeps its size and a bad file never stops a run.
 """
@@ -19,12 +19,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pretrain.data import CROP_STREAM, NOISE_STREAM, ImageFolderMAE, sample_crop, sample_rng
+from pretrain.data import CROP_STREAM, ImageFolderMAE, sample_crop, sample_rng
 
 #: PIL modes whose JPEGs nvJPEG / libjpeg decode to the same RGB as PIL's ``convert("RGB")``.
 _DEVICE_MODES = ("RGB", "L")
@@ -57,10 +56,8 @@ class EncodedImageFolder(ImageFolderMAE):
                 # The draws of load_crop, in its order: crop box, then flip.
                 box = sample_crop(rng, width, height, self.scale)
                 flip = bool(self.flip and rng.random() < 0.5)
-                noise_rng = sample_rng(self.seed, epoch, index, NOISE_STREAM)
-                noise = torch.from_numpy(noise_rng.random(self.num_patches, dtype=np.float32))
-                return EncodedSample((epoch, index), noise, jpeg=path.read_bytes(), box=box,
-                                     flip=flip)
+                return EncodedSample((epoch, index), self.mask_noise(epoch, index),
+                                     jpeg=path.read_bytes(), box=box, flip=flip)
         except Exception:  # noqa: BLE001 - unreadable here: the CPU path reports and substitutes
             pass
         return self.cpu_sample((epoch, index))
