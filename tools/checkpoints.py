@@ -7,7 +7,12 @@ safetensors (preferred; metadata as JSON under the ``mae_transfer`` key) or ``.p
 
 Readers also accept: official MAE releases and MAE training checkpoints (``{'model': ...}`` with or
 without ``decoder_*``/``mask_token``), timm state dicts, Detectron2 exports (``backbone.net.``
-prefix, ``{'model': ...}``) and MMSeg exports (``backbone.`` prefix, ``{'state_dict': ...}``).
+prefix, ``{'model': ...}``), MMSeg exports of ``MAEViT`` (``backbone.`` prefix,
+``{'state_dict': ...}``), and MMSeg ``MAE`` / ``BEiT`` backbones or segmentors and unilm BEiT files
+(renamed by ``tools.beit_layout``). Writers: ``ours``, ``timm``, ``detectron2``, ``mmseg`` (our
+``MAEViT`` inside an MMSeg ``EncoderDecoder``) and ``mmseg-mae`` (MMSeg's own ``MAE`` backbone:
+the file its ``init_cfg=dict(type='Pretrained', ...)`` / ``model.pretrained`` loads, unprefixed
+keys in ``{'state_dict': ...}``).
 
 Files are read with ``weights_only=True``: a pickle that would run code is refused, never executed.
 """
@@ -24,9 +29,11 @@ from typing import Dict, List, Tuple
 import torch
 
 from tools.atomic import atomic_write
+from tools.beit_layout import (from_mmseg_beit, is_mmseg_beit, normalize_beit_quirks,
+                               to_mmseg_beit)
 
 StateDict = Dict[str, torch.Tensor]
-FORMATS = ("ours", "timm", "detectron2", "mmseg")
+FORMATS = ("ours", "timm", "detectron2", "mmseg", "mmseg-mae")
 META_KEY = "mae_transfer"
 #: Keys of the MAE decoder that an encoder never uses: dropped (and reported) on load.
 DECODER_KEY = re.compile(r"^(decoder_|mask_token$)")
@@ -96,7 +103,8 @@ def split_encoder(state: StateDict) -> Tuple[StateDict, List[str]]:
     """Strip framework / DDP prefixes and drop MAE decoder keys: ``(encoder state, dropped keys)``.
 
     When a file holds a whole detector or segmentor, only its backbone keys are kept; the rest
-    (heads, pyramids) are returned as dropped so the caller can report them.
+    (heads, pyramids) are returned as dropped so the caller can report them. MMSeg ``MAE`` /
+    ``BEiT`` names are renamed to ours (``tools.beit_layout``), so every caller sees one naming.
     """
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     dropped: List[str] = []
@@ -107,7 +115,8 @@ def split_encoder(state: StateDict) -> Tuple[StateDict, List[str]]:
             break
     dropped += [k for k in state if DECODER_KEY.match(k)]
     state = {k: v for k, v in state.items() if not DECODER_KEY.match(k)}
-    return state, dropped
+    state, derived = (from_mmseg_beit if is_mmseg_beit(state) else normalize_beit_quirks)(state)
+    return state, dropped + derived
 
 
 def describe_architecture(state: StateDict) -> str:
@@ -122,6 +131,30 @@ def describe_architecture(state: StateDict) -> str:
     return ", ".join(parts) or "not a recognisable ViT"
 
 
+#: Foreign layouts recognised by their key names: (pattern, what the file looks like).
+_LAYOUTS = (
+    (re.compile(r"^(module\.)?(roi_heads|proposal_generator|backbone\.bottom_up|backbone\.fpn_)"),
+     "a Detectron2 detector (roi_heads.*, proposal_generator.*, backbone.bottom_up.*)"),
+    (re.compile(r"^(module\.)?(backbone\.)?layers\.\d+\.attn\.attn\.in_proj"),
+     "an MMSeg VisionTransformer (backbone.layers.{i}.attn.attn.in_proj_weight)"),
+    (re.compile(r"^(module\.)?(backbone\.)?(layers\.\d+\.(ln1|ffn\.layers)|patch_embed\.projection)"),
+     "an MMSeg MAE/BEiT checkpoint (backbone.layers.{i}.ln1, ffn.layers.0.0, ...)"),
+    (re.compile(r"^(module\.)?(vit\.)?(encoder\.layer\.\d+\.attention|embeddings\.patch_embeddings)"),
+     "a Hugging Face transformers ViT (encoder.layer.{i}.attention.*)"),
+    (re.compile(r"^(module\.)?(conv1\.|layer[1-4]\.|fc\.|features\.|stem\.|stages\.)"),
+     "a torchvision/timm classifier (conv1, layer1..4, fc / stem, stages)"),
+)
+
+
+def describe_layout(keys) -> str:
+    """What a file with these (raw) keys looks like, for errors about checkpoints that do not fit."""
+    keys = list(keys)
+    for pattern, what in _LAYOUTS:
+        if any(pattern.match(k) for k in keys):
+            return what
+    return f"an unrecognised layout (first keys: {sorted(keys)[:4]})"
+
+
 def write_checkpoint(state: StateDict, path: str | os.PathLike, fmt: str = "ours",
                      meta: dict | None = None) -> Path:
     """Write an encoder state dict in ``fmt`` (one of ``FORMATS``) atomically (temp + rename)."""
@@ -130,7 +163,7 @@ def write_checkpoint(state: StateDict, path: str | os.PathLike, fmt: str = "ours
     path = Path(path)
     meta = dict(meta or {})
     if path.suffix == ".safetensors":
-        if fmt in ("detectron2", "mmseg"):
+        if fmt in ("detectron2", "mmseg", "mmseg-mae"):
             raise ValueError(f"{fmt} loads .pth files; give the output a .pth name")
         from safetensors.torch import save_file
 
@@ -143,6 +176,15 @@ def write_checkpoint(state: StateDict, path: str | os.PathLike, fmt: str = "ours
         obj = dict(state)
     elif fmt == "detectron2":
         obj = {"model": {f"backbone.net.{k}": v for k, v in state.items()}, "meta": meta}
-    else:  # mmseg
+    elif fmt == "mmseg":
         obj = {"state_dict": {f"backbone.{k}": v for k, v in state.items()}, "meta": meta}
+    else:  # mmseg-mae: what MMSeg's MAE backbone loads itself (its init_cfg reads unprefixed keys)
+        obj = {"state_dict": to_mmseg_beit(state, _grid(meta)), "meta": meta}
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _grid(meta: dict):
+    """The patch grid a checkpoint was made for, from its metadata (None if not recorded)."""
+    if meta.get("img_size") and meta.get("patch_size"):
+        return [int(s) // int(p) for s, p in zip(meta["img_size"], meta["patch_size"])]
+    return None

@@ -27,6 +27,8 @@ model = dict(
         out_indices=(3, 5, 7, 11),
         drop_path_rate=0.1,
         use_rel_pos=True,
+        rel_pos_type='beit',  # MMSeg's MAE: one BEiT table per block, zero init
+        layer_scale_init=1.0,  # MMSeg's MAE ADE20K config: init_values=1.0
         final_norm=False,
         norm_cfg=norm_cfg,
         pretrained=None),  # or --pretrained PATH: any format backbones.load_pretrained reads
