@@ -147,3 +147,73 @@ def test_convert_to_mmseg_mae_loads_into_mmseg_mae_with_no_missing_keys(repo_roo
     again, _ = read_checkpoint(tmp_path / "back.safetensors")
     assert again.keys() == vit_state.keys()
     assert all(torch.equal(again[k], v) for k, v in vit_state.items())
+
+
+def test_table_resize_at_load_is_mmseg_beits(monkeypatch, tmp_path):
+    """A 4x4-grid MMSeg MAE table into an 8x8 model: MMSeg's own resize_rel_pos_embed result.
+
+    MMSeg calls SciPy's interp2d, removed in SciPy 1.14 (this machine has a newer SciPy), so
+    its function runs here with interp2d restored as the spline interp2d computed (cubic, s=0).
+    That keeps MMSeg's own choice of source and target offsets under test.
+    """
+    from scipy.interpolate import RectBivariateSpline
+
+    from mmseg.models.backbones import beit as mmseg_beit
+
+    def interp2d(x, y, z, kind):
+        assert kind == "cubic"
+        spline = RectBivariateSpline(y, x, z, kx=3, ky=3, s=0)
+        return lambda new_x, new_y: spline(new_y, new_x)
+
+    monkeypatch.setattr(mmseg_beit.interpolate, "interp2d", interp2d, raising=False)
+    torch.manual_seed(0)
+    small = MAE(img_size=64, patch_size=16, embed_dims=WIDTH, num_layers=2, num_heads=HEADS,
+                init_values=1.0, norm_cfg=dict(type="LN", eps=1e-6))
+    with torch.no_grad():
+        for p in small.parameters():
+            p.normal_()
+    big = MAE(img_size=128, patch_size=16, embed_dims=WIDTH, num_layers=2, num_heads=HEADS,
+              init_values=1.0, norm_cfg=dict(type="LN", eps=1e-6))
+    expected = big.resize_rel_pos_embed({k: v.clone() for k, v in small.state_dict().items()})
+    path = tmp_path / "mae_64px.pth"
+    torch.save({"state_dict": small.state_dict()}, path)
+    model = MAEViT("custom", img_size=128, patch_size=16, embed_dim=WIDTH, depth=2,
+                   num_heads=HEADS, rel_pos_type="beit", layer_scale_init=1.0, norm_cfg=BN,
+                   out_indices=(0, 0, 1, 1), pretrained=str(path))
+    model.init_weights()
+    for i in range(2):
+        ours = model.blocks[i].attn.relative_position_bias_table
+        theirs = expected[f"layers.{i}.attn.relative_position_bias_table"]
+        assert ours.shape == theirs.shape == (15 * 15 + 3, HEADS)
+        assert torch.allclose(ours, theirs, atol=1e-5)
+    assert "blocks.0.attn.relative_position_bias_table" in model.load_report.resized_keys
+
+
+def test_beit_qv_bias_checkpoint_computes_mmseg_beit():
+    """MMSeg's BEiT keeps q and v biases apart (k has none); folded into qkv.bias, same function."""
+    from mmseg.models.backbones.beit import BEiT
+
+    torch.manual_seed(0)
+    ref = BEiT(img_size=64, patch_size=16, embed_dims=WIDTH, num_layers=2, num_heads=HEADS,
+               qv_bias=True, init_values=0.1, out_indices=[0, 1],
+               norm_cfg=dict(type="LN", eps=1e-6))
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0.0, 0.2)
+    ref.eval()
+    assert "layers.0.attn.q_bias" in ref.state_dict()
+    encoder, dropped = from_mmseg_beit(ref.state_dict())
+    assert "blocks.0.attn.qkv.bias" in encoder and not any("q_bias" in k for k in encoder)
+    model = MAEViT("custom", img_size=64, patch_size=16, embed_dim=WIDTH, depth=2,
+                   num_heads=HEADS, rel_pos_type="beit", layer_scale_init=0.1, norm_cfg=BN,
+                   out_indices=(0, 0, 1, 1)).eval()
+    missing, unexpected = model.load_state_dict(encoder, strict=False)
+    assert unexpected == []
+    assert [k for k in missing if not k.startswith("adapter.")] == ["pos_embed"]  # BEiT has none
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        # BEiT adds no pos_embed: ours must be zero for the same function
+        model.pos_embed.zero_()
+        ours, theirs = model.forward_maps(x, [0, 1]), ref(x)
+    for a, b in zip(ours, theirs):
+        assert (a - b).abs().max() / b.abs().max() < 1e-5
