@@ -143,3 +143,19 @@ def test_resize_beit_table_interpolates_cubics_exactly_and_keeps_cls_rows():
     assert resize_beit_table(table, (4, 4)) is table
     with pytest.raises(ValueError, match="not \\(2S-1\\)\\^2 \\+ 3"):
         resize_beit_table(torch.randn(50, 4), (4, 4))
+
+
+def test_layer_decay_puts_tables_and_gammas_in_their_block_with_each_recipes_weight_decay():
+    """MMSeg's MAE rule decays the (2-D) table and exempts the (1-D) gammas; MAE/BEiT's exempts
+    both. Either way they share their block's lr scale."""
+    from tools.lr_decay import param_groups
+
+    model = _beit()
+    for policy, table_wd in (("mmseg_mae", 0.05), ("mae_finetune", 0.0)):
+        groups = param_groups(model, weight_decay=0.05, layer_decay=0.5, wd_policy=policy)
+        where = {n: g for g in groups for n in g["param_names"]}
+        table = where["blocks.2.attn.relative_position_bias_table"]
+        gamma = where["blocks.2.gamma_1"]
+        assert table["layer_id"] == gamma["layer_id"] == 3
+        assert table["lr_scale"] == gamma["lr_scale"] == 0.5 ** 2
+        assert table["weight_decay"] == table_wd and gamma["weight_decay"] == 0.0

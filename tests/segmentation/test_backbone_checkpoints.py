@@ -30,3 +30,16 @@ def test_init_weights_stops_on_a_file_that_fills_no_block(tmp_path, state, layou
     assert "\n" not in msg and f"looks like {layout}" in msg
     assert "python tools/convert_checkpoint.py SRC DST --to ours" in msg
     assert not model.is_init
+
+
+def test_recipe_attention_from_mae_pretraining_lacks_only_tables_and_gammas(mae_checkpoint):
+    """The ADE20K configs' BEiT tables and layer scale are new in fine-tuning, as in MMSeg."""
+    model = MAEViT("vit_mini_patch16", img_size=64, norm_cfg=BN, rel_pos_type="beit",
+                   layer_scale_init=1.0, pretrained=str(mae_checkpoint))
+    model.init_weights()
+    report = model.load_report
+    assert sorted({k.split(".", 2)[-1] for k in report.missing_keys}) == [
+        "attn.relative_position_bias_table", "gamma_1", "gamma_2"]
+    assert len(report.missing_keys) == 3 * 4
+    assert torch.all(model.blocks[0].gamma_1 == 1.0)
+    assert not model.blocks[0].attn.relative_position_bias_table.any()
