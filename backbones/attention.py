@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tools.pos_embed import resize_rel_pos
+from backbones.pos_embed import resize_rel_pos
 
 
 def _rel_index(q_len: int, k_len: int, table: torch.Tensor) -> torch.Tensor:

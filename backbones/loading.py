@@ -16,7 +16,7 @@ import torch
 
 from tools.checkpoints import (CheckpointError, StateDict, describe_architecture,
                                read_checkpoint, split_encoder)
-from tools.pos_embed import infer_grid, resize_patch_kernel, resize_pos_embed, resize_rel_pos
+from backbones.pos_embed import infer_grid, resize_patch_kernel, resize_pos_embed, resize_rel_pos
 
 logger = logging.getLogger("mae_transfer.load")
 

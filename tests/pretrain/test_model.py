@@ -7,7 +7,7 @@ from pretrain.main import build_optimizer
 from pretrain.masking import num_visible
 from pretrain.model import MAE_MODELS, build_mae, mae_from_config
 from pretrain.restore import infer_config
-from tools.pos_embed import sincos_2d
+from backbones.pos_embed import sincos_2d
 
 
 @pytest.fixture(scope="module")
