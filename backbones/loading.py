@@ -7,10 +7,11 @@ mismatch is the usual reason a "pretrained" model behaves like a random one.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List
+from typing import Iterable, Iterator, List
 
 import torch
 
@@ -76,6 +77,26 @@ def adapt_state_dict(state: StateDict, model, meta: dict | None = None, source: 
     return state, resized
 
 
+@contextlib.contextmanager
+def without(model, names: Iterable[str]) -> Iterator:
+    """Hide ``model``'s direct submodules / parameters called ``names`` for the ``with`` body.
+
+    So that loading an encoder file into a model that holds more than the ViT (an MAE's decoder,
+    a segmentation adapter) reports exactly the ViT's missing keys instead of drowning them in
+    keys no encoder file ever has.
+    """
+    hidden = []
+    for name in names:
+        for store in (model._modules, model._parameters, model._buffers):
+            if name in store:
+                hidden.append((store, name, store.pop(name)))
+    try:
+        yield model
+    finally:
+        for store, name, value in hidden:
+            store[name] = value
+
+
 def load_pretrained(model, path: str | os.PathLike, strict: bool = False) -> LoadReport:
     """Load ``path`` (any format of ``tools.checkpoints``) into ``model``; return a ``LoadReport``.
 
@@ -83,6 +104,18 @@ def load_pretrained(model, path: str | os.PathLike, strict: bool = False) -> Loa
     into a ``CheckpointError``. Shape mismatches other than the position grid always raise.
     """
     state, meta = read_checkpoint(path)
+    return load_state(model, state, meta, source=str(path), strict=strict)
+
+
+def load_state(model, state: StateDict, meta: dict | None = None, source: str = "checkpoint",
+               strict: bool = False) -> LoadReport:
+    """``load_pretrained`` for a state dict already in memory (as ``read_checkpoint`` returns it).
+
+    For callers that need the file's other tensors too (a detector's heads, an MAE decoder): the
+    file is read once, not once per use (a ViT-H file is 2.5 GB).
+    """
+    path = source
+    meta = meta or {}
     state, dropped = split_encoder(state)
     own_keys = set(model.state_dict())
     if not own_keys & set(state):
