@@ -14,7 +14,7 @@
     2-D offset between two patches (the bias is content-independent), plus three rows for
     cls->patch, patch->cls and cls->cls. A grid smaller than the built one uses the offsets it
     has (the same function restricted to that grid); a larger grid has offsets the table never
-    learnt and is refused (resizing is a load-time decision, ``tools.pos_embed.resize_beit_table``).
+    learnt and is refused (resizing is a load-time decision, ``backbones.pos_embed.resize_beit_table``).
 
 Parameter names (``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``, ``relative_position_bias_table``)
 are those of the official MAE, timm, Detectron2 and BEiT ViTs, so their checkpoints load without
@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tools.pos_embed import beit_rel_pos_index, beit_table_rows, resize_rel_pos
+from backbones.pos_embed import beit_rel_pos_index, beit_table_rows, resize_rel_pos
 
 
 def _rel_index(q_len: int, k_len: int, table: torch.Tensor) -> torch.Tensor:

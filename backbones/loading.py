@@ -9,16 +9,17 @@ looks like and the converter to use, instead of training on from random init.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List
+from typing import Iterable, Iterator, List
 
 import torch
 
 from tools.checkpoints import (CheckpointError, StateDict, describe_architecture,
                                describe_layout, read_checkpoint, split_encoder)
-from tools.pos_embed import (infer_grid, resize_beit_table, resize_patch_kernel, resize_pos_embed,
+from backbones.pos_embed import (infer_grid, resize_beit_table, resize_patch_kernel, resize_pos_embed,
                              resize_rel_pos)
 
 #: Block tensors that fine-tuning adds to a pretrained ViT (relative-position tables, layer scale):
@@ -146,6 +147,26 @@ def check_coverage(state: StateDict, own: StateDict, raw_keys, source: str) -> N
                           f"ViT checkpoint with {CONVERT_HINT} and load DST")
 
 
+@contextlib.contextmanager
+def without(model, names: Iterable[str]) -> Iterator:
+    """Hide ``model``'s direct submodules / parameters called ``names`` for the ``with`` body.
+
+    So that loading an encoder file into a model that holds more than the ViT (an MAE's decoder,
+    a segmentation adapter) reports exactly the ViT's missing keys instead of drowning them in
+    keys no encoder file ever has.
+    """
+    hidden = []
+    for name in names:
+        for store in (model._modules, model._parameters, model._buffers):
+            if name in store:
+                hidden.append((store, name, store.pop(name)))
+    try:
+        yield model
+    finally:
+        for store, name, value in hidden:
+            store[name] = value
+
+
 def load_pretrained(model, path: str | os.PathLike, strict: bool = False) -> LoadReport:
     """Load ``path`` (any format of ``tools.checkpoints``) into ``model``; return a ``LoadReport``.
 
@@ -154,10 +175,23 @@ def load_pretrained(model, path: str | os.PathLike, strict: bool = False) -> Loa
     so do files that fill too little of the encoder (``check_coverage``) and relative position
     tables of the other kind (``check_rel_pos_kind``).
     """
-    raw, meta = read_checkpoint(path)
-    state, dropped = split_encoder(raw)
+    state, meta = read_checkpoint(path)
+    return load_state(model, state, meta, source=str(path), strict=strict)
+
+
+def load_state(model, state: StateDict, meta: dict | None = None, source: str = "checkpoint",
+               strict: bool = False) -> LoadReport:
+    """``load_pretrained`` for a state dict already in memory (as ``read_checkpoint`` returns it).
+
+    For callers that need the file's other tensors too (a detector's heads, an MAE decoder): the
+    file is read once, not once per use (a ViT-H file is 2.5 GB). The same checks run here.
+    """
+    path = source
+    meta = meta or {}
+    raw_keys = list(state)
+    state, dropped = split_encoder(state)
     own = model.state_dict()
-    check_coverage(state, own, raw.keys(), str(path))
+    check_coverage(state, own, raw_keys, str(path))
     check_rel_pos_kind(state, own, str(path))
     state, resized = adapt_state_dict(state, model, meta, source=str(path))
     result = model.load_state_dict(state, strict=False)

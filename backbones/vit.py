@@ -24,7 +24,7 @@ from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from backbones.attention import REL_POS_TYPES, Attention
-from tools.pos_embed import resize_pos_embed, sincos_2d
+from backbones.pos_embed import resize_pos_embed, sincos_2d
 
 #: Named architectures: (patch_size, embed_dim, depth, num_heads). Tiny/mini exist for CPU runs.
 VIT_ARCHS: Dict[str, Dict[str, int]] = {

@@ -15,7 +15,6 @@ logged by name in the run's log, and a file that fills too little of the ViT sto
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import List, Optional, Sequence
 
@@ -24,7 +23,7 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 
-from backbones.loading import FINE_TUNING_ADDITIONS, LoadReport, load_pretrained
+from backbones.loading import FINE_TUNING_ADDITIONS, LoadReport, load_pretrained, without
 from backbones.layers import pyramid_scales
 from backbones.multiscale import MultiScaleAdapter
 from backbones.vit import VisionTransformer, vit_kwargs
@@ -108,19 +107,6 @@ class MAEViT(VisionTransformer):
         """Output strides, e.g. [4, 8, 16, 32] for patch 16."""
         return self.adapter.strides(self.patch_size[0])
 
-    @contextlib.contextmanager
-    def _encoder_only(self):
-        """Hide the adapter so ``load_pretrained`` sees exactly the ViT's keys.
-
-        A pretrained file never holds the adapter; without this its weights would be listed as
-        "missing" on every load and drown the keys that really are.
-        """
-        adapter = self._modules.pop("adapter")
-        try:
-            yield self
-        finally:
-            self._modules["adapter"] = adapter
-
     def load_pretrained(self, path: str) -> LoadReport:
         """Load ViT weights from ``path`` (any format ``load_pretrained`` reads); log the result."""
         # load_pretrained logs raw key lists; they are re-reported below, classified (new rel-pos
@@ -129,7 +115,9 @@ class MAEViT(VisionTransformer):
         level = load_logger.level
         load_logger.setLevel(logging.ERROR)
         try:
-            with self._encoder_only():
+            # A pretrained file never holds the adapter: hide it, or its weights would be listed
+            # as "missing" on every load and drown the keys that really are.
+            with without(self, ["adapter"]):
                 report = load_pretrained(self, path)
         finally:
             load_logger.setLevel(level)

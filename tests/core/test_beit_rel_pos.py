@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from backbones import build_vit
-from tools.pos_embed import _geometric_offsets, resize_beit_table
+from backbones.pos_embed import _geometric_offsets, resize_beit_table
 
 
 def _beit(**kw):

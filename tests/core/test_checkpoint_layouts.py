@@ -85,7 +85,7 @@ def test_the_other_relative_position_kind_is_refused_both_ways(tmp_path):
 
 
 def test_beit_tables_of_another_grid_are_resized_at_load(tmp_path):
-    from tools.pos_embed import resize_beit_table
+    from backbones.pos_embed import resize_beit_table
 
     source = _randomized(_beit()).state_dict()
     path = write_checkpoint(source, tmp_path / "beit64.safetensors")
