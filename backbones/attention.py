@@ -57,6 +57,8 @@ def decomposed_rel_pos_bias(q: torch.Tensor, grid: Tuple[int, int], rel_pos_h: t
 
 #: The two relative-position-bias kinds (see the module docstring).
 REL_POS_TYPES = ("decomposed", "beit")
+
+
 class Attention(nn.Module):
     """Self-attention over ``(B, P + H*W, C)`` tokens: P prefix tokens, then an HxW patch grid."""
 
