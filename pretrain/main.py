@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", description="MAE pretraining of the shared ViT (He et al. 2021).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = ap.add_argument
-    a("--data_path", required=True, help="folder of images, searched recursively")
+    a("--data_path", required=True,
+      help="folder of images, searched recursively; a root with a train/ folder (ImageNet) "
+           "trains on train/ only, a tree with a val/ or validation/ folder is refused")
     a("--model", default="mae_vit_base_patch16", choices=sorted(MAE_MODELS))
     a("--input_size", type=int, default=224)
     a("--mask_ratio", type=float, default=0.75, help="fraction of patches hidden")
