@@ -100,7 +100,7 @@ def test_beit_tables_of_another_grid_are_resized_at_load(tmp_path):
 
 
 def test_mmseg_layout_round_trips_and_folds_qv_biases():
-    from tools.beit_layout import from_mmseg_beit, to_mmseg_beit
+    from backbones.beit_layout import from_mmseg_beit, to_mmseg_beit
 
     state = _randomized(_beit()).state_dict()
     mm = to_mmseg_beit(state)
@@ -129,7 +129,7 @@ def test_decomposed_model_to_mmseg_mae_is_an_error_that_says_why(tmp_path, repo_
 def test_plain_encoder_converts_to_mmseg_mae_and_back(tmp_path):
     """An MAE pretraining encoder (no tables, no gammas) in MMSeg MAE names: what MMSeg's MAE
     recipe fine-tunes from; the tables and gammas are MMSeg's to initialise."""
-    from tools.beit_layout import from_mmseg_beit
+    from backbones.beit_layout import from_mmseg_beit
 
     state = _randomized(_mini()).state_dict()
     path = write_checkpoint(state, tmp_path / "mae_mmseg.pth", "mmseg-mae")

@@ -130,7 +130,7 @@ def test_init_checkpoint_without_this_vit_stops_naming_its_layout(tmp_path, stat
 
 def test_init_checkpoint_with_beit_tables_is_refused_by_the_decomposed_detector(tmp_path):
     """An MMSeg MAE segmentation checkpoint (BEiT tables) cannot become ViTDet's rel-pos."""
-    from tools.beit_layout import to_mmseg_beit
+    from backbones.beit_layout import to_mmseg_beit
 
     beit = build_vit("vit_mini_patch16", img_size=64, use_rel_pos=True, rel_pos_type="beit",
                      layer_scale_init=1.0)

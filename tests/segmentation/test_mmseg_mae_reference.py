@@ -15,7 +15,7 @@ import segmentation  # noqa: F401  (registers MAEViT; compat before mmseg)
 from mmseg.models.backbones.mae import MAE
 from mmseg.models.necks.featurepyramid import Feature2Pyramid
 from segmentation.backbone import MAEViT
-from tools.beit_layout import from_mmseg_beit
+from backbones.beit_layout import from_mmseg_beit
 from tools.checkpoints import read_checkpoint, write_checkpoint
 from tools.convert_checkpoint import main as convert_main
 

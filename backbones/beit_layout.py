@@ -31,6 +31,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from backbones.pos_embed import beit_rel_pos_index, beit_table_rows
+
 StateDict = Dict[str, torch.Tensor]
 
 #: Per-block sub-names: (MMSeg, ours).
@@ -98,10 +100,6 @@ def to_mmseg_beit(state: StateDict, grid: Optional[Sequence[int]] = None) -> Sta
             f"the checkpoint uses ViTDet's decomposed relative position bias ({decomposed[0]}, "
             f"...): MMSeg's MAE/BEiT has one BEiT table per block, a different function; there "
             f"is no conversion between them (train with rel_pos_type='beit' for MMSeg's layout)")
-    # Imported here, not at the top: tools.checkpoints imports this module, and importing
-    # backbones at module level would run backbones.loading, which imports tools.checkpoints.
-    from backbones.pos_embed import beit_rel_pos_index
-
     swapped_top = tuple((dst, src) for src, dst in _TOP_NAMES)
     swapped_block = tuple((dst, src) for src, dst in _BLOCK_NAMES)
     out: StateDict = {}
@@ -119,8 +117,6 @@ def to_mmseg_beit(state: StateDict, grid: Optional[Sequence[int]] = None) -> Sta
 
 def _table_grid(rows: int, grid: Optional[Sequence[int]]) -> Tuple[int, int]:
     """The grid a table of ``rows`` rows was built for: ``grid`` if it fits, else square."""
-    from backbones.pos_embed import beit_table_rows  # (see to_mmseg_beit)
-
     if grid is not None and beit_table_rows(grid) == rows:
         return int(grid[0]), int(grid[1])
     side = (int(round((rows - 3) ** 0.5)) + 1) // 2
