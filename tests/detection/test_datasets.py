@@ -55,12 +55,12 @@ def test_valid_json_loads_with_contiguous_classes_and_absolute_paths(shapes_data
      r"RLE mask has size \[3, 3\]"),
     (lambda d, a, i: i.update(file_name="gone.jpg"), "file not found"),
 ])
-def test_broken_annotation_error_names_the_json_image_and_annotation(shapes_dataset, tmp_path,
-                                                                     edit, message):
+def test_strict_mode_error_names_the_json_image_and_annotation(shapes_dataset, tmp_path, edit,
+                                                                message):
     root, data = _coco(shapes_dataset)
     path, image, ann = _write_broken(tmp_path, data, edit)
     with pytest.raises(DatasetError, match=message) as err:
-        load_coco_instances(path, root / "images" / "train")
+        load_coco_instances(path, root / "images" / "train", on_invalid="error")
     text = str(err.value)
     assert "\n" not in text and str(path) in text
     assert f"image '{image['file_name']}' (id {image['id']})" in text

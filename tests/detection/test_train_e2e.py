@@ -145,7 +145,8 @@ def test_demo_draws_on_every_input_image(trained, tmp_path):
         assert Image.open(drawn).size == Image.open(src).size
 
 
-def test_broken_annotation_stops_training_with_one_line_naming_the_image(shapes_dataset, tmp_path):
+def test_strict_mode_stops_training_with_one_line_naming_the_broken_annotation(shapes_dataset,
+                                                                              tmp_path):
     root = shapes_dataset["coco"]
     data = json.loads((root / "annotations" / "instances_train.json").read_text())
     ann = data["annotations"][3]
@@ -154,7 +155,8 @@ def test_broken_annotation_stops_training_with_one_line_naming_the_image(shapes_
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(data))
     # a later --dataset replaces an earlier registration of the same name
-    run = cli("tools/train_det.py", "--config", TINY, "--dataset", f"custom={root}",
+    run = cli("tools/train_det.py", "--config", TINY, "--invalid-annotations", "error",
+              "--dataset", f"custom={root}",
               "--dataset", f"custom_train={broken}:{root / 'images' / 'train'}",
               f"train.output_dir={tmp_path / 'out'}", check=False)
     assert run.returncode == 2
