@@ -170,8 +170,8 @@ def test_tiny_cascade_trains_and_reports_coco_ap(shapes_dataset, tmp_path):
     out = tmp_path / "cascade"
     config = "detection/configs/cascade_mask_rcnn_vit_mini_cpu.py"
     run = cli("tools/train_det.py", "--config", config, "--dataset",
-              f"custom={shapes_dataset['coco']}", f"train.output_dir={out}", "train.max_iter=20", "train.eval_period=20", "train.checkpointer.period=20",
-              "train.log_period=5")
+              f"custom={shapes_dataset['coco']}", f"train.output_dir={out}", "train.max_iter=20",
+              "train.eval_period=20", "train.checkpointer.period=20", "train.log_period=5")
     assert "COCO evaluation on custom_val (iteration 20)" in run.stdout
     result = json.loads((out / "coco_eval.json").read_text())["results"]
     for task in ("bbox", "segm"):
