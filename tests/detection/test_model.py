@@ -141,7 +141,7 @@ def test_coco_configs_express_the_vitdet_recipes(size, arch, global_blocks, drop
     assert type(model.roi_heads.box_head.conv1.norm).__name__ == "LayerNorm2d"
     assert type(model.roi_heads.mask_head.mask_fcn1.norm).__name__ == "LayerNorm2d"
     assert cfg.optimizer.params.layer_decay == decay and cfg.optimizer.lr == 1e-4
-    assert cfg.optimizer.weight_decay == 0.1
+    assert cfg.optimizer.weight_decay == 0.1 and list(cfg.optimizer.betas) == [0.9, 0.999]
     assert cfg.train.max_iter == max_iter and cfg.train.amp.enabled
     milestones = cfg.lr_multiplier.scheduler.milestones
     assert milestones == [round(max_iter * 8 / 9), round(max_iter * 26 / 27)]
