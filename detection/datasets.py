@@ -122,11 +122,12 @@ def detectron2_polygons(polygons: list) -> list:
 
 
 def _detectron2_stop(ann: dict, category_ids) -> Optional[str]:
-    """Why Detectron2's ``load_coco_json`` would raise on ``ann``, or None."""
+    """Why Detectron2 would stop on ``ann`` (its loader raises on an unknown category or an empty
+    bbox; a missing one fails in the data loader), or None."""
     if ann.get("category_id") not in category_ids:
         return f"category_id {ann.get('category_id')!r} is not among the json's categories"
-    if "bbox" in ann and not ann["bbox"]:
-        return "bbox is empty"
+    if not ann.get("bbox"):
+        return "has no bbox (missing or empty)"
     return None
 
 
