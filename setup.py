@@ -13,7 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["backbones*", "pretrain*", "detection*", "segmentation*",
-                                    "tools*"]),
+                                    "tools*", "experiment*"]),
     package_data={"detection": ["configs/*.py", "configs/common/*.py"],
                   "segmentation": ["configs/*.py"]},
     install_requires=[

@@ -4,11 +4,21 @@
   GPU), or an explicit softmax path (for benchmarks and debugging);
 - window attention (ViTDet): the patch grid is split into non-overlapping windows, zero-padded at
   the bottom/right; prefix (cls) tokens are not windowed and attend to every token;
-- decomposed relative position bias (MViTv2 / ViTDet): per-axis tables ``rel_pos_h``/``rel_pos_w``
-  of shape ``(2*S-1, head_dim)``, linearly resized when the attended grid differs.
+- relative position bias of one of two kinds (``rel_pos_type``):
 
-Parameter names (``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``) are those of the official MAE,
-timm and Detectron2 ViTs, so their checkpoints load without renaming.
+  * ``"decomposed"`` (MViTv2 / ViTDet): per-axis tables ``rel_pos_h``/``rel_pos_w`` of shape
+    ``(2*S-1, head_dim)``, multiplied with the query (the bias depends on the content), linearly
+    resized when the attended grid differs; prefix tokens get no bias;
+  * ``"beit"`` (BEiT, MAE's segmentation, MMSeg's ``MAE``): one table
+    ``relative_position_bias_table`` of shape ``((2*Sh-1)*(2*Sw-1) + 3, heads)`` looked up by the
+    2-D offset between two patches (the bias is content-independent), plus three rows for
+    cls->patch, patch->cls and cls->cls. A grid smaller than the built one uses the offsets it
+    has (the same function restricted to that grid); a larger grid has offsets the table never
+    learnt and is refused (resizing is a load-time decision, ``backbones.pos_embed.resize_beit_table``).
+
+Parameter names (``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``, ``relative_position_bias_table``)
+are those of the official MAE, timm, Detectron2 and BEiT ViTs, so their checkpoints load without
+renaming.
 """
 from __future__ import annotations
 
@@ -18,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tools.pos_embed import resize_rel_pos
+from backbones.pos_embed import beit_rel_pos_index, beit_table_rows, resize_rel_pos
 
 
 def _rel_index(q_len: int, k_len: int, table: torch.Tensor) -> torch.Tensor:
@@ -45,11 +55,16 @@ def decomposed_rel_pos_bias(q: torch.Tensor, grid: Tuple[int, int], rel_pos_h: t
     return bias.reshape(b, heads, h * w, h * w)
 
 
+#: The two relative-position-bias kinds (see the module docstring).
+REL_POS_TYPES = ("decomposed", "beit")
+
+
 class Attention(nn.Module):
     """Self-attention over ``(B, P + H*W, C)`` tokens: P prefix tokens, then an HxW patch grid."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, window_size: int = 0,
-                 rel_pos_grid: Optional[Tuple[int, int]] = None, fused: bool = True):
+                 rel_pos_grid: Optional[Tuple[int, int]] = None, fused: bool = True,
+                 rel_pos_type: str = "decomposed"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
@@ -60,11 +75,25 @@ class Attention(nn.Module):
         self.fused = fused
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        if rel_pos_type not in REL_POS_TYPES:
+            raise ValueError(f"rel_pos_type must be one of {REL_POS_TYPES}, got {rel_pos_type!r}")
         self.use_rel_pos = rel_pos_grid is not None
-        if self.use_rel_pos:
-            span = (window_size, window_size) if window_size else rel_pos_grid
+        self.rel_pos_type = rel_pos_type
+        if not self.use_rel_pos:
+            return
+        # Tables start at zero (no bias: the pretrained attention), in both kinds.
+        span = (window_size, window_size) if window_size else tuple(rel_pos_grid)
+        if rel_pos_type == "decomposed":
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * span[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * span[1] - 1, self.head_dim))
+        else:
+            self.table_grid = span
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros(beit_table_rows(span), num_heads))
+            # Not persistent: derived from the grid, and kept out of checkpoints as in timm.
+            self.register_buffer("relative_position_index",
+                                 beit_rel_pos_index(span, span, 0 if window_size else 1),
+                                 persistent=False)
 
     def _split_heads(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
@@ -83,10 +112,21 @@ class Attention(nn.Module):
         """Relative-position bias for grid queries; zero rows/columns for prefix tokens."""
         if not self.use_rel_pos:
             return None
+        if self.rel_pos_type == "beit":
+            return self._beit_bias(grid, num_prefix).to(q.dtype)
         bias = decomposed_rel_pos_bias(q[:, :, num_prefix:], grid, self.rel_pos_h, self.rel_pos_w)
         if num_prefix:
             bias = F.pad(bias, (num_prefix, 0, num_prefix, 0))
         return bias
+
+    def _beit_bias(self, grid: Tuple[int, int], num_prefix: int) -> torch.Tensor:
+        """``(1, heads, P + h*w, P + h*w)`` bias gathered from the BEiT table."""
+        index = self.relative_position_index
+        if index.shape[0] != grid[0] * grid[1] + num_prefix or tuple(grid) != self.table_grid:
+            index = beit_rel_pos_index(grid, self.table_grid, num_prefix, index.device)
+        n = index.shape[0]
+        bias = self.relative_position_bias_table[index.reshape(-1)].reshape(n, n, -1)
+        return bias.permute(2, 0, 1).unsqueeze(0)
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int], num_prefix: int = 0) -> torch.Tensor:
         if self.window_size:

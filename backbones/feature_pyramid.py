@@ -30,9 +30,8 @@ VITDET_SCALES = pyramid_scales(16)
 
 
 def _conv_norm(in_ch: int, out_ch: int, kernel: int, norm_layer) -> nn.Sequential:
+    # torch's default init, as ViTDet's pyramid (Detectron2's FPN would use Caffe2's xavier fill)
     conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False)
-    # Caffe2's "xavier fill" (kaiming-uniform with a=1), the usual init for FPN convs.
-    nn.init.kaiming_uniform_(conv.weight, a=1)
     return nn.Sequential(conv, norm_layer(out_ch))
 
 

@@ -1,22 +1,35 @@
 """``load_pretrained``: put any supported checkpoint into a ``VisionTransformer``.
 
 Adapts what legitimately differs between pretraining and fine-tuning (the position-embedding grid,
-a missing cls slot, the relative-position table length, the patch size), refuses everything else
+a missing cls slot, the relative-position table size, the patch size), refuses everything else
 with one clear line, and reports missing / unexpected / dropped keys by name, because a silent key
-mismatch is the usual reason a "pretrained" model behaves like a random one.
+mismatch is the usual reason a "pretrained" model behaves like a random one. A file that fills
+none or only a small part of the encoder (``check_coverage``) is refused, naming the layout it
+looks like and the converter to use, instead of training on from random init.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List
+from typing import Iterable, Iterator, List
 
 import torch
 
-from tools.checkpoints import (CheckpointError, StateDict, describe_architecture,
-                               read_checkpoint, split_encoder)
-from tools.pos_embed import infer_grid, resize_patch_kernel, resize_pos_embed, resize_rel_pos
+from backbones.checkpoint_files import (CheckpointError, StateDict, describe_architecture,
+                                        describe_layout, read_checkpoint, split_encoder)
+from backbones.pos_embed import (infer_grid, resize_beit_table, resize_patch_kernel,
+                                 resize_pos_embed, resize_rel_pos)
+
+#: Block tensors that fine-tuning adds to a pretrained ViT (relative-position tables, layer scale):
+#: a checkpoint legitimately lacks them, and they start at zero / ``layer_scale_init``.
+FINE_TUNING_ADDITIONS = ("rel_pos_h", "rel_pos_w", "relative_position_bias_table",
+                         "gamma_1", "gamma_2")
+#: Below this fraction of the encoder's block tensors filled, a load is refused.
+MIN_BLOCK_COVERAGE = 0.5
+CONVERT_HINT = ("python tools/convert_checkpoint.py SRC DST --to ours (it reads official MAE, "
+                "timm, ours, Detectron2, MMSeg MAEViT and MMSeg MAE/BEiT files)")
 
 logger = logging.getLogger("mae_transfer.load")
 
@@ -59,6 +72,14 @@ def adapt_state_dict(state: StateDict, model, meta: dict | None = None, source: 
                 and v.shape[1:] == own[k].shape[1:]:
             state[k] = resize_rel_pos(v, own[k].shape[0])
             resized.append(k)
+        elif k.endswith("relative_position_bias_table") and k in own \
+                and v.shape != own[k].shape and v.shape[1:] == own[k].shape[1:]:
+            attn = model.get_submodule(k.rsplit(".", 1)[0])
+            try:
+                state[k] = resize_beit_table(v, attn.table_grid).to(own[k].dtype)
+            except ValueError as exc:
+                raise CheckpointError(f"{source}: {k}: {exc}") from exc
+            resized.append(k)
     kernel, own_kernel = state.get("patch_embed.proj.weight"), own.get("patch_embed.proj.weight")
     if kernel is not None and own_kernel is not None and kernel.ndim == 4 \
             and kernel.shape[:2] == own_kernel.shape[:2] and kernel.shape != own_kernel.shape:
@@ -76,18 +97,102 @@ def adapt_state_dict(state: StateDict, model, meta: dict | None = None, source: 
     return state, resized
 
 
+#: The relative-position kinds (``rel_pos_type``) by the names of their tables.
+_REL_POS_KINDS = (("decomposed", ("rel_pos_h", "rel_pos_w")),
+                  ("beit", ("relative_position_bias_table",)))
+
+
+def _rel_pos_kind(keys) -> str | None:
+    for kind, ends in _REL_POS_KINDS:
+        if any(k.endswith(ends) for k in keys):
+            return kind
+    return None
+
+
+def check_rel_pos_kind(state: StateDict, own: StateDict, source: str) -> None:
+    """Refuse BEiT tables into a decomposed-rel-pos model and vice versa (different functions).
+
+    Loading one kind into the other would leave the model's tables at zero and list the file's as
+    "unexpected": the trained position bias silently lost. A file without tables is fine (the
+    model's start at zero, as in fine-tuning from MAE pretraining).
+    """
+    theirs, ours = _rel_pos_kind(state), _rel_pos_kind(own)
+    if theirs and ours and theirs != ours:
+        raise CheckpointError(
+            f"{source} has rel_pos_type='{theirs}' relative position tables, the model "
+            f"rel_pos_type='{ours}' ones: different functions (BEiT: one table of offsets per "
+            f"block; ViTDet: per-axis tables times the query) that cannot be converted into each "
+            f"other; build the model with rel_pos_type='{theirs}'")
+
+
+def check_coverage(state: StateDict, own: StateDict, raw_keys, source: str) -> None:
+    """Refuse a checkpoint that fills none, or only a small part, of the encoder's blocks.
+
+    "Small part": fewer than ``MIN_BLOCK_COVERAGE`` (half) of the model's block tensors
+    (``blocks.{i}.*``, less ``FINE_TUNING_ADDITIONS``, which pretraining never has) get a value
+    from the file. Blocks are counted because they are what pretraining learns: a file that
+    fills only ``cls_token`` / ``pos_embed`` / the patch embedding, or a foreign layout whose names
+    merely overlap, would otherwise "load" with two warning lines and train from random init.
+    Half, not all, so that a shallower pretrained model may still initialise a deeper one's
+    first blocks (a 12-block file fills exactly half of a 24-block ViT).
+    """
+    blocks = [k for k in own if k.startswith("blocks.") and not k.endswith(FINE_TUNING_ADDITIONS)]
+    filled = [k for k in blocks if k in state]
+    overlap = set(own) & set(state)
+    if overlap and len(filled) >= MIN_BLOCK_COVERAGE * len(blocks):
+        return
+    what = ("has none of this ViT's parameters" if not overlap else
+            f"fills only {len(filled)} of this ViT's {len(blocks)} block tensors")
+    raise CheckpointError(f"{source} {what}: it looks like {describe_layout(raw_keys)}; convert a "
+                          f"ViT checkpoint with {CONVERT_HINT} and load DST")
+
+
+@contextlib.contextmanager
+def without(model, names: Iterable[str]) -> Iterator:
+    """Hide ``model``'s direct submodules / parameters called ``names`` for the ``with`` body.
+
+    So that loading an encoder file into a model that holds more than the ViT (an MAE's decoder,
+    a segmentation adapter) reports exactly the ViT's missing keys instead of drowning them in
+    keys no encoder file ever has.
+    """
+    hidden = []
+    for name in names:
+        for store in (model._modules, model._parameters, model._buffers):
+            if name in store:
+                hidden.append((store, name, store.pop(name)))
+    try:
+        yield model
+    finally:
+        for store, name, value in hidden:
+            store[name] = value
+
+
 def load_pretrained(model, path: str | os.PathLike, strict: bool = False) -> LoadReport:
     """Load ``path`` (any format of ``tools.checkpoints``) into ``model``; return a ``LoadReport``.
 
     Missing and unexpected keys are logged by name (warning level); ``strict=True`` turns them
-    into a ``CheckpointError``. Shape mismatches other than the position grid always raise.
+    into a ``CheckpointError``. Shape mismatches other than the position grid always raise, and
+    so do files that fill too little of the encoder (``check_coverage``) and relative position
+    tables of the other kind (``check_rel_pos_kind``).
     """
     state, meta = read_checkpoint(path)
+    return load_state(model, state, meta, source=str(path), strict=strict)
+
+
+def load_state(model, state: StateDict, meta: dict | None = None, source: str = "checkpoint",
+               strict: bool = False) -> LoadReport:
+    """``load_pretrained`` for a state dict already in memory (as ``read_checkpoint`` returns it).
+
+    For callers that need the file's other tensors too (a detector's heads, an MAE decoder): the
+    file is read once, not once per use (a ViT-H file is 2.5 GB). The same checks run here.
+    """
+    path = source
+    meta = meta or {}
+    raw_keys = list(state)
     state, dropped = split_encoder(state)
-    own_keys = set(model.state_dict())
-    if not own_keys & set(state):
-        raise CheckpointError(f"{path} has none of this ViT's parameters "
-                              f"(first keys: {sorted(state)[:5]})")
+    own = model.state_dict()
+    check_coverage(state, own, raw_keys, str(path))
+    check_rel_pos_kind(state, own, str(path))
     state, resized = adapt_state_dict(state, model, meta, source=str(path))
     result = model.load_state_dict(state, strict=False)
     report = LoadReport(list(result.missing_keys), list(result.unexpected_keys), dropped, resized)

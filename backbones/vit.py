@@ -6,8 +6,12 @@ and timm ViTs (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.{i}.
 attention and no relative bias it computes exactly timm's ``VisionTransformer.forward_features``.
 
 Downstream options: any input size divisible by the patch size (``pos_embed`` resized bicubically
-from the pretraining grid), window attention with a list of global blocks, decomposed relative
-position bias, drop path, activation checkpointing, fused attention.
+from the pretraining grid), window attention with a list of global blocks, relative position bias
+(``rel_pos_type``: ViTDet's decomposed one, or BEiT's table as in MAE's segmentation and MMSeg's
+``MAE``), layer scale (BEiT's ``gamma_1``/``gamma_2``), drop path, activation checkpointing, fused
+attention. Relative-position tables start at zero and layer scale at a constant, so every option
+starts as the same function as the plain ViT (for ``layer_scale_init=1.0``); they train
+differently.
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from backbones.attention import Attention
-from tools.pos_embed import resize_pos_embed, sincos_2d
+from backbones.attention import REL_POS_TYPES, Attention
+from backbones.pos_embed import resize_pos_embed, sincos_2d
 
 #: Named architectures: (patch_size, embed_dim, depth, num_heads). Tiny/mini exist for CPU runs.
 VIT_ARCHS: Dict[str, Dict[str, int]] = {
@@ -39,22 +43,39 @@ def _pair(v) -> Tuple[int, int]:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + drop_path(attn(norm1(x)))``, then the MLP likewise."""
+    """Pre-norm transformer block: ``x + drop_path(attn(norm1(x)))``, then the MLP likewise.
+
+    With ``layer_scale_init`` (BEiT / CaiT layer scale) each branch is first multiplied
+    channel-wise by a learnt ``gamma_1`` / ``gamma_2`` of shape ``(dim,)``, initialised to that value.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path: float = 0.0, norm_layer=nn.LayerNorm, window_size: int = 0,
-                 rel_pos_grid: Optional[Tuple[int, int]] = None, fused_attn: bool = True):
+                 rel_pos_grid: Optional[Tuple[int, int]] = None, fused_attn: bool = True,
+                 rel_pos_type: str = "decomposed", layer_scale_init: Optional[float] = None):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, window_size=window_size,
-                              rel_pos_grid=rel_pos_grid, fused=fused_attn)
+                              rel_pos_grid=rel_pos_grid, fused=fused_attn,
+                              rel_pos_type=rel_pos_type)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        if layer_scale_init is not None:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(layer_scale_init)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int], num_prefix: int) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), grid, num_prefix))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        attn = self.attn(self.norm1(x), grid, num_prefix)
+        if self.gamma_1 is not None:
+            attn = self.gamma_1 * attn
+        x = x + self.drop_path(attn)
+        mlp = self.mlp(self.norm2(x))
+        if self.gamma_2 is not None:
+            mlp = self.gamma_2 * mlp
+        return x + self.drop_path(mlp)
 
 
 class VisionTransformer(nn.Module):
@@ -64,14 +85,18 @@ class VisionTransformer(nn.Module):
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path_rate: float = 0.0, window_size: int = 0,
                  global_blocks: Sequence[int] = (), use_rel_pos: bool = False,
+                 rel_pos_type: str = "decomposed", layer_scale_init: Optional[float] = None,
                  use_cls_token: bool = True, final_norm: bool = True,
                  grad_checkpointing: bool = False, fused_attn: bool = True,
                  norm_eps: float = 1e-6):
         super().__init__()
+        if rel_pos_type not in REL_POS_TYPES:
+            raise ValueError(f"rel_pos_type must be one of {REL_POS_TYPES}, got {rel_pos_type!r}")
         self.arch = dict(img_size=_pair(img_size), patch_size=_pair(patch_size), in_chans=in_chans,
                          embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, window_size=window_size,
                          global_blocks=list(global_blocks), use_rel_pos=use_rel_pos,
+                         rel_pos_type=rel_pos_type, layer_scale_init=layer_scale_init,
                          use_cls_token=use_cls_token, final_norm=final_norm)
         self.embed_dim = embed_dim
         self.depth = depth
@@ -93,7 +118,8 @@ class VisionTransformer(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], norm_layer,
                   window_size=0 if i in global_set else window_size,
                   rel_pos_grid=self.pretrain_grid if use_rel_pos else None,
-                  fused_attn=fused_attn)
+                  fused_attn=fused_attn, rel_pos_type=rel_pos_type,
+                  layer_scale_init=layer_scale_init)
             for i in range(depth)])
         self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
         self._init_weights()

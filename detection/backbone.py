@@ -31,8 +31,9 @@ class ViTDetBackbone(Backbone):
     for patch 16; 2, 1, 0.5, 0.25 for patch 8), so the usual p2..p6 names and the RPN / ROI
     configs hold for every patch size.
     ``square_pad`` (e.g. 1024): pad every batch to a square of that size, as ViTDet does, so the
-    window partition is the same for every image. Detectron2 versions with
-    ``Backbone.padding_constraints`` honour it; older ones (v0.6) pad to ``size_divisibility``.
+    ViT always sees the grid it trained on. Declared as ``padding_constraints["square_size"]``;
+    Detectron2 versions with ``padding_constraints`` honour it themselves, and
+    ``detection.rcnn.ViTDetRCNN`` applies it where Detectron2 does not (v0.6).
     """
 
     def __init__(self, net: VisionTransformer, out_channels: int = 256,

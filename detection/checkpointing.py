@@ -23,7 +23,7 @@ import torch
 import detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.checkpoint import DetectionCheckpointer
 
-from backbones.loading import LoadReport, load_pretrained
+from backbones.loading import LoadReport, check_coverage, load_pretrained
 from tools.atomic import atomic_write
 from tools.checkpoints import CheckpointError, read_checkpoint
 
@@ -64,9 +64,16 @@ def is_detector_state(keys) -> bool:
 
 
 def load_detector_weights(model: torch.nn.Module, path: str) -> List[str]:
-    """Load a whole-detector state dict; returns the missing keys (logged, like unexpected ones)."""
-    state, _ = read_checkpoint(path)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    """Load a whole-detector state dict; returns the missing keys (logged, like unexpected ones).
+
+    A detector whose backbone is not this ViT (e.g. a Detectron2 ResNet R-CNN) is refused as
+    ``backbones.load_pretrained`` refuses a file that fills too little of the encoder.
+    """
+    raw, _ = read_checkpoint(path)
+    state = {k.removeprefix("module."): v for k, v in raw.items()}
+    prefix = "backbone.net."
+    check_coverage({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                   model.backbone.net.state_dict(), raw.keys(), path)
     own = model.state_dict()
     bad = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in state.items() if k in own and v.shape != own[k].shape]

@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from detection.datasets import DatasetError, register_coco2017, register_from_spec
+from detection.datasets import (DEFAULT_ON_INVALID, INVALID_MODES, DatasetError,
+                                register_coco2017, register_from_spec)
 from tools.checkpoints import CheckpointError
 
 logger = logging.getLogger("mae_transfer.detection")
@@ -32,14 +33,18 @@ def add_dataset_arguments(parser) -> None:
                              "an earlier one of the same name)")
     parser.add_argument("--coco-root", default=None, metavar="DIR",
                         help="folder holding coco/ (default: $DETECTRON2_DATASETS or ./datasets)")
-    parser.add_argument("--invalid-annotations", choices=("error", "skip"), default="error",
-                        help="a broken annotation or missing image: stop with an error naming it "
-                             "(default) or skip it with a warning")
+    parser.add_argument("--invalid-annotations", choices=INVALID_MODES,
+                        default=DEFAULT_ON_INVALID,
+                        help="detectron2 (default): load the json as Detectron2's load_coco_json "
+                             "does (drop polygons with < 3 points, skip instances left without "
+                             "one, count them); error: check every annotation and stop at the "
+                             "first broken one, naming it; skip: the same checks, dropping what "
+                             "fails with a warning")
 
 
 def register_datasets(args) -> None:
     """COCO 2017 under ``--coco-root`` / $DETECTRON2_DATASETS, then every ``--dataset`` spec."""
-    on_invalid = getattr(args, "invalid_annotations", "error")
+    on_invalid = getattr(args, "invalid_annotations", DEFAULT_ON_INVALID)
     register_coco2017(getattr(args, "coco_root", None), on_invalid)
     for spec in getattr(args, "dataset", None) or []:
         names = register_from_spec(spec, on_invalid)

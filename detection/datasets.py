@@ -1,14 +1,21 @@
-"""COCO-format instance datasets for Detectron2: checked loading and registration by path.
+"""COCO-format instance datasets for Detectron2: loaded as Detectron2 does, or strictly checked.
 
-Detectron2 registers COCO 2017 itself, but its loader silently drops polygons with fewer than 3
-points and trusts the rest of the json, so a broken annotation surfaces minutes later as a shape
-error deep inside a data-loader worker, with no hint of which image caused it. Here the json is
-checked once when it is loaded, and the first problem is reported in one line that names the json,
-the image and the annotation:
+Three ways to treat a json (``on_invalid``; ``--invalid-annotations`` of the entry points):
+
+- ``"detectron2"`` (default): the records Detectron2's own ``load_coco_json`` makes, so the
+  official COCO jsons train exactly as in ViTDet. Its rules (v0.6 and the current release): a
+  polygon with an odd number of coordinates or fewer than 3 points is dropped; an instance whose
+  polygons are all dropped is skipped and counted (one warning with the count, naming the first
+  ones); an instance with no ``segmentation`` at all is kept, without a mask; uncompressed RLE is
+  compressed; annotations of image ids missing from ``images`` are ignored with a warning. What
+  Detectron2 would stop on (a ``category_id`` not among the categories, an empty ``bbox``), or
+  fail on later inside a data-loader worker (an image file that is not there), stops here, at
+  load time, with one line naming the json, the image and the annotation.
+- ``"error"``: every annotation is checked and the first problem stops the run in one line:
 
     <json>: image 'train_0003.jpg' (id 3): annotation 17: bbox [10, 10, -4, 8] has a negative ...
 
-(``on_invalid="skip"`` drops such annotations / images instead, with a warning naming them.)
+- ``"skip"``: the same checks, but bad annotations / images are dropped whole, with a warning.
 
 Ways to register a dataset (see ``register_from_spec``, used by ``tools/train_det.py --dataset``):
 
@@ -37,6 +44,9 @@ logger = logging.getLogger("mae_transfer.detection")
 COCO2017_SPLITS = {"coco_2017_train": ("train2017", "instances_train2017.json"),
                    "coco_2017_val": ("val2017", "instances_val2017.json")}
 _REQUIRED_IMAGE_KEYS = ("id", "file_name", "height", "width")
+#: What to do with annotations that cannot be trained on (module docstring); first: default.
+INVALID_MODES = ("detectron2", "error", "skip")
+DEFAULT_ON_INVALID = INVALID_MODES[0]
 
 
 class DatasetError(ValueError):
@@ -106,31 +116,49 @@ def _read_json(json_file: Path, hint: str = "") -> dict:
     return data
 
 
-def _to_record_annotation(ann: dict, image: dict, id_map: Dict[int, int]) -> dict:
+def detectron2_polygons(polygons: list) -> list:
+    """The polygons Detectron2's ``load_coco_json`` keeps: even length, at least 3 points."""
+    return [poly for poly in polygons if len(poly) % 2 == 0 and len(poly) >= 6]
+
+
+def _detectron2_stop(ann: dict, category_ids) -> Optional[str]:
+    """Why Detectron2 would stop on ``ann`` (its loader raises on an unknown category or an empty
+    bbox; a missing one fails in the data loader), or None."""
+    if ann.get("category_id") not in category_ids:
+        return f"category_id {ann.get('category_id')!r} is not among the json's categories"
+    if not ann.get("bbox"):
+        return "has no bbox (missing or empty)"
+    return None
+
+
+def _to_record_annotation(ann: dict, segm, id_map: Dict[int, int]) -> dict:
+    """A Detectron2 record annotation (contiguous class id, compressed RLE), as Detectron2's."""
     obj = {"bbox": list(ann["bbox"]), "bbox_mode": BoxMode.XYWH_ABS,
            "category_id": id_map[ann["category_id"]], "iscrowd": int(ann.get("iscrowd", 0))}
-    segm = ann.get("segmentation")
     if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
         from pycocotools import mask as mask_util  # uncompressed RLE -> compressed, as expected
 
-        segm = mask_util.frPyObjects(segm, image["height"], image["width"])
-    if segm is not None:
+        segm = mask_util.frPyObjects(segm, *segm["size"])
+    if segm:  # Detectron2 keeps an instance without a mask when it has no segmentation
         obj["segmentation"] = segm
     return obj
 
 
 def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = None,
-                        check_images: bool = True, on_invalid: str = "error",
+                        check_images: bool = True, on_invalid: str = DEFAULT_ON_INVALID,
                         missing_hint: str = "") -> List[dict]:
-    """Detectron2 dataset dicts from a COCO instances json, checked (see the module docstring).
+    """Detectron2 dataset dicts from a COCO instances json (see the module docstring).
 
     With ``dataset_name``, sets its metadata: ``thing_classes`` (categories sorted by id) and
-    ``thing_dataset_id_to_contiguous_id``. ``on_invalid``: ``"error"`` (default) raises
-    ``DatasetError`` at the first bad annotation or missing image; ``"skip"`` drops them, warns.
-    ``missing_hint`` is appended to the error for a missing json (where the data should be).
+    ``thing_dataset_id_to_contiguous_id``. ``on_invalid``: ``"detectron2"`` (default) gives the
+    records of Detectron2's ``load_coco_json`` (invalid polygons dropped, instances left without
+    one skipped and counted); ``"error"`` raises ``DatasetError`` at the first bad annotation or
+    missing image; ``"skip"`` drops them and warns. ``missing_hint`` is appended to the error
+    for a missing json (where the data should be).
     """
-    if on_invalid not in ("error", "skip"):
-        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    if on_invalid not in INVALID_MODES:
+        raise ValueError(f"on_invalid must be one of {INVALID_MODES}, got {on_invalid!r}")
+    as_detectron2 = on_invalid == "detectron2"
     json_file, image_root = Path(json_file), Path(image_root)
     data = _read_json(json_file, missing_hint)
     categories = sorted(data["categories"], key=lambda c: c["id"])
@@ -148,25 +176,45 @@ def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = Non
                                f"lacks {missing}")
         images[img["id"]] = img
     per_image: Dict[int, List[dict]] = {i: [] for i in images}
-    skipped: List[str] = []
+    skipped: List[str] = []  # strict "skip" mode: what was dropped
+    orphans = 0  # annotations of images not in the json ("detectron2" mode ignores them)
+    dropped_polygons, no_polygon_left = 0, []  # "detectron2" mode
 
     def reject(message: str) -> None:
-        if on_invalid == "error":
+        if on_invalid == "skip":
+            skipped.append(message)
+        else:
             raise DatasetError(message)
-        skipped.append(message)
 
     for ann in data["annotations"]:
         img = images.get(ann.get("image_id"))
         if img is None:
-            reject(f"{json_file}: annotation {ann.get('id')} refers to image id "
-                   f"{ann.get('image_id')!r}, which is not in 'images'")
+            if as_detectron2:
+                orphans += 1
+            else:
+                reject(f"{json_file}: annotation {ann.get('id')} refers to image id "
+                       f"{ann.get('image_id')!r}, which is not in 'images'")
             continue
-        problem = annotation_problem(ann, img, id_map)
-        if problem:
-            reject(f"{json_file}: image '{img['file_name']}' (id {img['id']}): "
-                   f"annotation {ann.get('id')}: {problem}")
-            continue
-        per_image[img["id"]].append(ann)
+        where = (f"{json_file}: image '{img['file_name']}' (id {img['id']}): "
+                 f"annotation {ann.get('id')}")
+        segm = ann.get("segmentation")
+        if as_detectron2:
+            problem = _detectron2_stop(ann, id_map)
+            if problem:
+                raise DatasetError(f"{where}: {problem}")
+            if segm and isinstance(segm, list):
+                kept = detectron2_polygons(segm)
+                dropped_polygons += len(segm) - len(kept)
+                if not kept:
+                    no_polygon_left.append(where)
+                    continue
+                segm = kept
+        else:
+            problem = annotation_problem(ann, img, id_map)
+            if problem:
+                reject(f"{where}: {problem}")
+                continue
+        per_image[img["id"]].append(_to_record_annotation(ann, segm, id_map))
 
     records = []
     for image_id in sorted(images):
@@ -177,20 +225,27 @@ def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = Non
                    f"at {path}")
             continue
         records.append({"file_name": str(path), "height": img["height"], "width": img["width"],
-                        "image_id": image_id,
-                        "annotations": [_to_record_annotation(a, img, id_map)
-                                        for a in per_image[image_id]]})
+                        "image_id": image_id, "annotations": per_image[image_id]})
     if skipped:
         logger.warning("%s: skipped %d invalid annotations / images, e.g.: %s", json_file,
                        len(skipped), " | ".join(skipped[:3]))
+    if orphans:
+        logger.warning("%s: ignored %d annotations whose image id is not in 'images'",
+                       json_file, orphans)
+    if dropped_polygons:
+        logger.warning("%s: dropped %d polygons with an odd number of coordinates or fewer than "
+                       "3 points; filtered out %d instances left without a valid polygon "
+                       "(Detectron2's rule)%s", json_file, dropped_polygons,
+                       len(no_polygon_left),
+                       ", e.g.: " + " | ".join(no_polygon_left[:3]) if no_polygon_left else "")
     logger.info("loaded %d images, %d annotations, %d categories from %s", len(records),
                 sum(len(r["annotations"]) for r in records), len(categories), json_file)
     return records
 
 
 # ------------------------------------------------------------------------------ registration
-def register_coco_instances(name: str, json_file, image_root, on_invalid: str = "error",
-                            missing_hint: str = "") -> str:
+def register_coco_instances(name: str, json_file, image_root,
+                            on_invalid: str = DEFAULT_ON_INVALID, missing_hint: str = "") -> str:
     """Register ``name`` (replacing an earlier registration) as a checked COCO json + folder."""
     json_file, image_root = Path(json_file).resolve(), Path(image_root).resolve()
     if name in DatasetCatalog.list():
@@ -212,7 +267,7 @@ def _image_folder_for(root: Path, split: str) -> Path:
                        f"(looked for images/{split}, {split}, {split}2017, images)")
 
 
-def register_coco_folder(prefix: str, root, on_invalid: str = "error") -> List[str]:
+def register_coco_folder(prefix: str, root, on_invalid: str = DEFAULT_ON_INVALID) -> List[str]:
     """Register every ``root/annotations/instances_<split>.json`` as ``<prefix>_<split>``."""
     root = Path(root)
     jsons = sorted((root / "annotations").glob("instances_*.json"))
@@ -231,7 +286,7 @@ def default_datasets_root() -> Path:
     return Path(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")))
 
 
-def register_coco2017(root=None, on_invalid: str = "error") -> List[str]:
+def register_coco2017(root=None, on_invalid: str = DEFAULT_ON_INVALID) -> List[str]:
     """(Re-)register ``coco_2017_train`` / ``coco_2017_val`` from ``root/coco`` (checked loader).
 
     Registration reads nothing; a missing file is reported when the split is first loaded.
@@ -244,7 +299,7 @@ def register_coco2017(root=None, on_invalid: str = "error") -> List[str]:
             for name, (folder, js) in COCO2017_SPLITS.items()]
 
 
-def register_from_spec(spec: str, on_invalid: str = "error") -> List[str]:
+def register_from_spec(spec: str, on_invalid: str = DEFAULT_ON_INVALID) -> List[str]:
     """Register ``NAME=JSON:IMAGES`` or ``NAME=DIR`` (COCO layout); returns the names made."""
     name, sep, value = spec.partition("=")
     if not sep or not name or not value:

@@ -1,6 +1,11 @@
 """Pretraining data: any folder of images (recursively), MAE's augmentation, resumable sampling.
 
 Design choices, each for a reason:
+- The data root is read as official MAE reads it where that matters: a root with a ``train/``
+  folder (ImageNet's layout, what PRETRAIN.md's ``--data_path ${IMAGENET_DIR}`` points at) trains
+  on ``train/`` only, as ``ImageFolder(os.path.join(data_path, 'train'))`` does. Any other folder
+  is searched recursively, but one holding a ``val/`` or ``validation/`` folder is refused:
+  held-out images must never be mixed into pretraining silently.
 - Every random decision for a sample (crop, flip, and the mask noise) comes from a generator
   seeded by ``(seed, epoch, index)``. Results then do not depend on the number of workers, the
   rank, or where a run was interrupted, which is what makes ``--resume`` bit-for-bit.
@@ -35,6 +40,10 @@ logger = logging.getLogger("mae_transfer.pretrain.data")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Folder names of held-out splits: a pretraining tree holding one is refused (``find_images``).
+HELD_OUT_DIRS = ("val", "validation")
+#: Subfolder of a dataset root that official MAE trains on (``ImageFolder(data_path/'train')``).
+TRAIN_DIR = "train"
 #: Consecutive unreadable files tolerated before giving up (a folder of broken files is an error).
 MAX_CONSECUTIVE_FAILURES = 50
 
@@ -43,17 +52,40 @@ class DatasetError(ValueError):
     """A data folder that cannot be used; the message is one line that says why."""
 
 
+def training_root(data_path: str | os.PathLike) -> Path:
+    """The folder pretraining reads: ``data_path/train`` where it exists (logged), else ``data_path``."""
+    root = Path(data_path)
+    if not root.is_dir():
+        raise DatasetError(f"data path {root} is not a directory")
+    train = root / TRAIN_DIR
+    if train.is_dir():
+        logger.info("data path %s has a %s/ folder: pretraining on %s only (as official MAE's "
+                    "ImageFolder(data_path/'%s'))", root, TRAIN_DIR, train, TRAIN_DIR)
+        return train
+    return root
+
+
 def find_images(root: str | os.PathLike) -> List[Path]:
-    """Every image file under ``root`` (recursively, symlinks followed), sorted by path."""
+    """Every image file under ``root`` (recursively, symlinks followed), sorted by path.
+
+    A tree with a held-out folder (``HELD_OUT_DIRS``) anywhere below ``root`` is refused.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data path {root} is not a directory")
-    files = sorted(Path(d) / f for d, _, names in os.walk(root, followlinks=True) for f in names
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = []
+    for d, subdirs, names in os.walk(root, followlinks=True):
+        held_out = sorted(s for s in subdirs if s.lower() in HELD_OUT_DIRS)
+        if held_out:
+            raise DatasetError(
+                f"data path {root} holds a held-out folder {Path(d) / held_out[0]}: point "
+                f"--data_path at the training images (a root with a {TRAIN_DIR}/ folder trains "
+                f"on {TRAIN_DIR}/ only)")
+        files += [Path(d) / f for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
         raise DatasetError(f"no images found under {root} (looked recursively for "
                            f"{', '.join(IMAGE_EXTENSIONS)})")
-    return files
+    return sorted(files)
 
 
 def sample_crop(rng: np.random.Generator, width: int, height: int,
@@ -122,7 +154,8 @@ def sample_rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Gene
 
 
 class ImageFolderMAE(Dataset):
-    """Images under ``root`` (recursively) with MAE's augmentation and per-sample mask noise.
+    """Images under ``root`` (its ``train/`` if it has one, see ``training_root``; recursively)
+    with MAE's augmentation and per-sample mask noise.
 
     ``__getitem__((epoch, index))`` returns a uint8 image ``(S, S, 3)`` and float32 mask noise
     ``(num_patches,)``; a plain ``index`` means epoch 0. With ``num_patches=0`` the noise is an empty tensor.
@@ -131,7 +164,7 @@ class ImageFolderMAE(Dataset):
     def __init__(self, root: str | os.PathLike, input_size: int = 224, num_patches: int = 0,
                  seed: int = 0, scale: Tuple[float, float] = (0.2, 1.0), flip: bool = True,
                  draft: bool = True):
-        self.root = Path(root)
+        self.root = training_root(root)
         self.files = find_images(self.root)
         self.input_size = input_size
         self.num_patches = num_patches

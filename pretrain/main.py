@@ -35,6 +35,7 @@ from pretrain.data import (DatasetError, ImageFolderMAE, ResumableSampler, ignor
 from pretrain.device_decode import EncodedImageFolder, EncodedLoader, collate_encoded
 from pretrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from pretrain.engine import NonFiniteLoss, Progress, StepConfig, train_one_epoch
+from pretrain.init import init_from_checkpoint
 from pretrain.logs import MetricWriter, setup_logging
 from pretrain.model import (MAE_MODELS, MaskedAutoencoderViT, build_mae, encoder_name,
                            mae_config)
@@ -57,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", description="MAE pretraining of the shared ViT (He et al. 2021).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = ap.add_argument
-    a("--data_path", required=True, help="folder of images, searched recursively")
+    a("--data_path", required=True,
+      help="folder of images, searched recursively; a root with a train/ folder (ImageNet) "
+           "trains on train/ only, a tree with a val/ or validation/ folder is refused")
     a("--model", default="mae_vit_base_patch16", choices=sorted(MAE_MODELS))
     a("--input_size", type=int, default=224)
     a("--mask_ratio", type=float, default=0.75, help="fraction of patches hidden")
@@ -78,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log_dir", default=None, help="TensorBoard folder (default: --output_dir)")
     a("--resume", default="", help="training checkpoint to continue, or 'auto' "
                                    "(OUTPUT_DIR/checkpoint-last.pth when it exists)")
+    a("--init", default="", help="start a new run from these weights: any encoder file "
+                                 "load_pretrained reads (the decoder starts fresh) or a full MAE "
+                                 "checkpoint, ours or official (decoder loaded too); ignored when "
+                                 "--resume finds a checkpoint")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--num_workers", type=int, default=min(10, os.cpu_count() or 1))
     a("--seed", type=int, default=0)
@@ -186,6 +193,7 @@ class Run:
         self.scaler = torch.amp.GradScaler(device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.progress = Progress()
+        self.init_checkpoint: Optional[str] = None
         seed_everything(args.seed + dist_info.rank)
 
     def _make_sampler(self) -> ResumableSampler:
@@ -214,7 +222,8 @@ class Run:
             "rng": rng_state(),
             # read by tools.checkpoints.read_checkpoint (and so by pretrain.restore.load_mae)
             "meta": {"model_config": plain(self.model.config),
-                     "producer": f"mae-transfer pretrain ({self.args.model})"},
+                     "producer": f"mae-transfer pretrain ({self.args.model})",
+                     "init_checkpoint": self.init_checkpoint},
         }
 
     def save(self, names) -> None:
@@ -226,6 +235,11 @@ class Run:
                 logger.info("saved %s (epoch %d, step %d of it)", path, self.progress.epoch,
                             self.progress.step_in_epoch)
         barrier()
+
+    def init_from(self, path: str) -> None:
+        """``--init``: this run starts from ``path``'s weights (``pretrain.init``)."""
+        init_from_checkpoint(self.model, path)
+        self.init_checkpoint = str(path)
 
     def resume(self, path: Path) -> None:
         ckpt = load_training_checkpoint(path)
@@ -248,6 +262,7 @@ class Run:
                            "step %d (same fraction)", path, theirs_steps, self.steps_per_epoch,
                            step)
         self.progress = Progress(int(ckpt["epoch"]), step, int(ckpt.get("global_step", 0)))
+        self.init_checkpoint = (ckpt.get("meta") or {}).get("init_checkpoint")
         if self.dist.is_main and "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         logger.info("resumed from %s: epoch %d, step %d of it, %d steps done", path,
@@ -263,7 +278,8 @@ class Run:
                 "depth": cfg["depth"], "num_heads": cfg["num_heads"],
                 "producer": f"mae-transfer pretrain ({cfg['name']})",
                 "epochs_done": self.progress.epoch, "global_step": self.progress.global_step,
-                "mask_ratio": self.args.mask_ratio, "norm_pix_loss": self.args.norm_pix_loss}
+                "mask_ratio": self.args.mask_ratio, "norm_pix_loss": self.args.norm_pix_loss,
+                "init_checkpoint": self.init_checkpoint}
         path = write_checkpoint(self.model.encoder_state_dict(), self.out / ENCODER, "ours", meta)
         logger.info("exported the encoder to %s", path)
         return path
@@ -395,9 +411,14 @@ def main(argv=None) -> int:
         ckpt = resume_path(args)
         if ckpt is not None:
             run.resume(ckpt)
-        elif args.resume == "auto":
-            logger.info("--resume auto: no %s in %s, starting from scratch", LAST,
-                        args.output_dir)
+            if args.init:
+                logger.info("--init %s ignored: continuing the run from %s", args.init, ckpt)
+        else:
+            if args.resume == "auto":
+                logger.info("--resume auto: no %s in %s, starting %s", LAST, args.output_dir,
+                            f"from --init {args.init}" if args.init else "from scratch")
+            if args.init:
+                run.init_from(args.init)
         return run.train()
     except NonFiniteLoss as exc:
         last = Path(args.output_dir) / LAST

@@ -9,12 +9,12 @@ stride 4 / 8 / 16 / 32 pyramid that UperNet expects; UPerHead and FCNHead are MM
 
 Pretrained weights (``pretrained=PATH`` or ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``)
 go through ``backbones.load_pretrained``, not MMEngine's loader: every format it reads works
-(official MAE with decoder keys, timm, ours, Detectron2, MMSeg), ``pos_embed`` is resized to the
-512 px grid, and missing / unexpected keys are logged by name in the run's log.
+(official MAE with decoder keys, timm, ours, Detectron2, MMSeg, MMSeg's own ``MAE`` / ``BEiT``),
+``pos_embed`` and BEiT tables are resized to the 512 px grid, missing / unexpected keys are
+logged by name in the run's log, and a file that fills too little of the ViT stops the run.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import List, Optional, Sequence
 
@@ -23,7 +23,7 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 
-from backbones.loading import LoadReport, load_pretrained
+from backbones.loading import FINE_TUNING_ADDITIONS, LoadReport, load_pretrained, without
 from backbones.layers import pyramid_scales
 from backbones.multiscale import MultiScaleAdapter
 from backbones.vit import VisionTransformer, vit_kwargs
@@ -67,6 +67,9 @@ class MAEViT(VisionTransformer):
             ``default_out_indices``).
         drop_path_rate, use_rel_pos, final_norm, window_size, global_blocks, grad_checkpointing,
         fused_attn, ...: passed to ``VisionTransformer`` (any of its arguments can be given).
+        rel_pos_type, layer_scale_init: ``'beit'`` and ``1.0`` give MMSeg's ``MAE`` backbone of
+            its ADE20K config (BEiT relative position tables, layer scale), which the ADE20K
+            configs use; the default (``'decomposed'``, no layer scale) is ViTDet's attention.
         norm_cfg: MMCV norm config for the adapter's x4 branch (SyncBN as in MMSeg's MAE config;
             the Runner turns it into BatchNorm on a single process).
         scales: the adapter's resampling factors; ``None`` (default): strides 4, 8, 16, 32 for the
@@ -104,19 +107,6 @@ class MAEViT(VisionTransformer):
         """Output strides, e.g. [4, 8, 16, 32] for patch 16."""
         return self.adapter.strides(self.patch_size[0])
 
-    @contextlib.contextmanager
-    def _encoder_only(self):
-        """Hide the adapter so ``load_pretrained`` sees exactly the ViT's keys.
-
-        A pretrained file never holds the adapter; without this its weights would be listed as
-        "missing" on every load and drown the keys that really are.
-        """
-        adapter = self._modules.pop("adapter")
-        try:
-            yield self
-        finally:
-            self._modules["adapter"] = adapter
-
     def load_pretrained(self, path: str) -> LoadReport:
         """Load ViT weights from ``path`` (any format ``load_pretrained`` reads); log the result."""
         # load_pretrained logs raw key lists; they are re-reported below, classified (new rel-pos
@@ -125,18 +115,21 @@ class MAEViT(VisionTransformer):
         level = load_logger.level
         load_logger.setLevel(logging.ERROR)
         try:
-            with self._encoder_only():
+            # A pretrained file never holds the adapter: hide it, or its weights would be listed
+            # as "missing" on every load and drown the keys that really are.
+            with without(self, ["adapter"]):
                 report = load_pretrained(self, path)
         finally:
             load_logger.setLevel(level)
         print_log(f"MAEViT: loaded pretrained weights from {path} "
                   f"(resized: {report.resized_keys or 'none'}; "
                   f"dropped {len(report.dropped_keys)} non-encoder keys)", logger="current")
-        new_tables = [k for k in report.missing_keys if k.endswith(("rel_pos_h", "rel_pos_w"))]
+        new_tables = [k for k in report.missing_keys if k.endswith(FINE_TUNING_ADDITIONS)]
         missing = [k for k in report.missing_keys if k not in new_tables]
         if new_tables:
-            print_log(f"MAEViT: {len(new_tables)} relative-position tables are new in fine-tuning "
-                      f"(not in the checkpoint; they start at zero)", logger="current")
+            print_log(f"MAEViT: {len(new_tables)} relative-position tables / layer-scale vectors "
+                      f"are new in fine-tuning (not in the checkpoint; tables start at zero, "
+                      f"gammas at layer_scale_init)", logger="current")
         unused_norm = [k for k in report.unexpected_keys
                        if k in ("norm.weight", "norm.bias") and isinstance(self.norm, nn.Identity)]
         unexpected = [k for k in report.unexpected_keys if k not in unused_norm]

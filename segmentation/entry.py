@@ -3,7 +3,9 @@
 The config adaptations, each logged, are what a user would otherwise edit by hand:
 
 - ``--data-root``: one path for the train / val / test sets (ADE20K or any folder in its layout);
-  when the root has a ``classes.txt``, the decode and auxiliary heads get that many classes.
+  when the root has a ``classes.txt``, the decode and auxiliary heads get that many classes; any
+  other difference between the data's classes and the heads' is an error before the run starts
+  (``segmentation.class_count``).
 - ``--pretrained``: the backbone's weights (any format ``backbones.load_pretrained`` reads).
 - device: MMEngine's ``AmpOptimWrapper`` is GPU only; without CUDA the run uses a plain
   ``OptimWrapper`` (fp32), so the same config runs on a laptop (one process: MMEngine's
@@ -25,6 +27,7 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
+from segmentation.class_count import check_num_classes, head_cfgs
 from segmentation.datasets import read_class_names
 
 
@@ -60,14 +63,6 @@ def _datasets(cfg: Config) -> Iterator[dict]:
             yield from walk(loader.get("dataset"))
 
 
-def _heads(cfg: Config) -> List[dict]:
-    heads = []
-    for key in ("decode_head", "auxiliary_head"):
-        head = cfg.model.get(key)
-        heads += head if isinstance(head, list) else [head] if isinstance(head, dict) else []
-    return heads
-
-
 def set_data_root(cfg: Config, data_root: str) -> None:
     if not osp.isdir(data_root):
         raise FileNotFoundError(f"--data-root {data_root} is not a folder")
@@ -88,7 +83,7 @@ def sync_num_classes(cfg: Config) -> Optional[List[str]]:
     if not lists:
         return None
     names = list(lists.pop())
-    for head in _heads(cfg):
+    for _, head in head_cfgs(cfg.model):
         if head.get("num_classes") != len(names):
             print_log(f"{head.get('type')}: num_classes {head.get('num_classes')} -> "
                       f"{len(names)} (classes.txt: {', '.join(names[:8])}"
@@ -150,6 +145,7 @@ def load_config(args) -> Config:
     if args.data_root:
         set_data_root(cfg, args.data_root)
     sync_num_classes(cfg)
+    check_num_classes(_datasets(cfg), cfg.model)
     adapt_to_device(cfg)
     return cfg
 

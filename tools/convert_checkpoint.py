@@ -1,12 +1,15 @@
 """Convert a ViT checkpoint between formats: official MAE / timm / ours / Detectron2 / MMSeg.
 
-    python tools/convert_checkpoint.py SRC DST --to {ours,timm,detectron2,mmseg}
+    python tools/convert_checkpoint.py SRC DST --to {ours,timm,detectron2,mmseg,mmseg-mae}
 
-The source format is detected from its keys. Only encoder tensors are written (MAE decoder keys
-and detector / segmentor heads are dropped and listed), unchanged bit for bit, under the names the
-target framework's model uses: Detectron2 ``backbone.net.*`` in ``{'model': ...}``, MMSeg
-``backbone.*`` in ``{'state_dict': ...}``, timm and ours with plain names (ours as .safetensors or
-.pth with metadata). Errors are one line on stderr and exit status 2.
+The source format is detected from its keys (MMSeg ``MAE`` / ``BEiT`` names included). Only encoder
+tensors are written (MAE decoder keys and detector / segmentor heads are dropped and listed),
+unchanged bit for bit, under the names the target framework's model uses: Detectron2
+``backbone.net.*`` in ``{'model': ...}``, MMSeg (our ``MAEViT``) ``backbone.*`` in
+``{'state_dict': ...}``, MMSeg's own ``MAE`` backbone (``mmseg-mae``: ``layers.{i}.ln1`` ... in
+``{'state_dict': ...}``, what its ``model.pretrained`` / ``init_cfg`` loads; models with ViTDet's
+decomposed relative position bias have no such layout and are refused), timm and ours with plain
+names (ours as .safetensors or .pth with metadata). Errors are one line on stderr and exit status 2.
 """
 from __future__ import annotations
 

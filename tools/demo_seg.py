@@ -6,8 +6,10 @@
 For each image, writes ``DIR/<name>.png`` (the image blended with one colour per predicted class)
 and ``DIR/<name>_labels.png`` (8-bit class map in the ADE20K convention: class k -> value k + 1,
 0 unused), and prints the classes covering the most pixels. The class names, palette and number of
-classes come from the checkpoint (MMEngine stores the training set's ``dataset_meta``), so the
-config used for training works even when ``--data-root`` gave it a custom class list.
+classes come from the checkpoint (MMEngine stores the training set's ``dataset_meta``; the count
+is read off the heads' weights), so the config used for training works even when ``--data-root``
+gave it a custom class list, and a checkpoint whose class list disagrees with its weights is a
+one-line error instead of a failed load.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import segmentation  # noqa: E402,F401
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
+from segmentation.class_count import checkpoint_num_classes, head_cfgs  # noqa: E402
 from tools.image_inputs import list_images  # noqa: E402
 
 
@@ -49,6 +52,24 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, opacity:
     return (image * (1 - opacity) + colours * opacity).round().astype(np.uint8)
 
 
+def set_heads_from_checkpoint(cfg, state_dict, classes, checkpoint: str) -> None:
+    """Give each head as many classes as its classifier in the checkpoint predicts.
+
+    The checkpoint is what the demo shows, whatever the config says; its ``dataset_meta`` class
+    list must agree with its weights (else the names would be wrong): one-line error if not.
+    """
+    counts = checkpoint_num_classes(state_dict, cfg.model)
+    if classes and counts.get("decode_head", len(classes)) != len(classes):
+        raise ValueError(f"checkpoint {checkpoint} lists {len(classes)} classes in its "
+                         f"dataset_meta but its decode head predicts {counts['decode_head']}: use "
+                         f"a checkpoint saved by tools/train_seg.py, whose class list matches "
+                         f"its weights")
+    for key, head in head_cfgs(cfg.model):
+        if head.get("out_channels") is None:  # binary sigmoid heads keep their num_classes
+            head["num_classes"] = counts.get(key, len(classes) if classes else
+                                             head.get("num_classes"))
+
+
 def load_segmentor(config: str, checkpoint: str, device: str):
     """Build the model with the checkpoint's class count and load its weights and metadata."""
     from mmengine.config import Config
@@ -69,11 +90,8 @@ def load_segmentor(config: str, checkpoint: str, device: str):
     cfg = Config.fromfile(config)
     cfg.model.backbone.pretrained = None  # the weights come from the checkpoint
     classes = dataset_meta.get("classes")
-    if classes:
-        for key in ("decode_head", "auxiliary_head"):
-            heads = cfg.model.get(key)
-            for head in heads if isinstance(heads, list) else [heads] if heads else []:
-                head["num_classes"] = len(classes)
+    set_heads_from_checkpoint(cfg, ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {},
+                              classes, checkpoint)
     model = init_model(cfg, None, device="cpu")
     model = revert_sync_batchnorm(model)
     _load_checkpoint_to_model(model, ckpt, strict=True)

@@ -48,7 +48,7 @@ dataloader.train.mapper.augmentations = [
     L(T.RandomFlip)(horizontal=True),
     L(T.ResizeScale)(min_scale=0.5, max_scale=1.5, target_height=IMAGE_SIZE,
                      target_width=IMAGE_SIZE),
-    L(T.FixedSizeCrop)(crop_size=(IMAGE_SIZE, IMAGE_SIZE)),
+    L(T.FixedSizeCrop)(crop_size=(IMAGE_SIZE, IMAGE_SIZE), pad=False),
 ]
 dataloader.test.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=IMAGE_SIZE, max_size=IMAGE_SIZE)]

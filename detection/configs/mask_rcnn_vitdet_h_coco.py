@@ -20,5 +20,8 @@ model.backbone.net.grad_checkpointing = True
 optimizer.params.layer_decay = 0.9
 optimizer.params.wd_policy = "vitdet_h"  # ViTDet H: overrides={}, weight_decay_norm=None
 train.max_iter = coco_iterations(75)
-lr_multiplier = step_schedule(train.max_iter)
+# ViTDet shortens the 100-epoch schedule to 3/4 and keeps its warm-up fraction (250 / 184375):
+# 187.5 warm-up iterations.
+lr_multiplier = step_schedule(train.max_iter,
+                              warmup_iters=250 * train.max_iter / coco_iterations(100))
 train.output_dir = "./output/mask_rcnn_vitdet_h_coco"

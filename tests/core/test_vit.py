@@ -5,7 +5,7 @@ import torch
 
 from backbones import VIT_ARCHS, build_vit
 from backbones.attention import decomposed_rel_pos_bias
-from tools.pos_embed import resize_pos_embed
+from backbones.pos_embed import resize_pos_embed
 
 
 def _timm_twin(model, **kw):

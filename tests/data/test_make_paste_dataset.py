@@ -19,7 +19,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from tools import make_paste_dataset as mpd
+from experiment import paste_dataset as mpd
 from tools.annotated_sets import rasterise
 from tools.synthetic_data import write_synthetic_images
 

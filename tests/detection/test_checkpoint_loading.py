@@ -108,3 +108,34 @@ def test_patch14_checkpoint_resizes_into_a_patch16_vit_preserving_tokens(tmp_pat
     old = F.conv2d(patch, src.patch_embed.proj.weight)
     new = F.conv2d(upsampled, dst.patch_embed.proj.weight)
     assert torch.allclose(old, new, atol=1e-4)
+
+
+@pytest.mark.parametrize("state, layout", [
+    ({"conv1.weight": torch.zeros(8, 3, 7, 7), "layer1.0.conv1.weight": torch.zeros(8, 8, 1, 1),
+      "fc.weight": torch.zeros(10, 8)}, "a torchvision/timm classifier"),
+    ({"backbone.bottom_up.stem.conv1.weight": torch.zeros(8, 3, 7, 7),
+      "proposal_generator.rpn_head.conv.weight": torch.zeros(8, 8, 3, 3),
+      "roi_heads.box_predictor.cls_score.weight": torch.zeros(81, 8)}, "a Detectron2 detector"),
+])
+def test_init_checkpoint_without_this_vit_stops_naming_its_layout(tmp_path, state, layout):
+    """Before: the detector went on from random init with two warning lines."""
+    path = tmp_path / "foreign.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_init_checkpoint(detector(), str(path))
+    msg = str(err.value)
+    assert "\n" not in msg and f"looks like {layout}" in msg
+    assert "python tools/convert_checkpoint.py SRC DST --to ours" in msg
+
+
+def test_init_checkpoint_with_beit_tables_is_refused_by_the_decomposed_detector(tmp_path):
+    """An MMSeg MAE segmentation checkpoint (BEiT tables) cannot become ViTDet's rel-pos."""
+    from backbones.beit_layout import to_mmseg_beit
+
+    beit = build_vit("vit_mini_patch16", img_size=64, use_rel_pos=True, rel_pos_type="beit",
+                     layer_scale_init=1.0)
+    path = tmp_path / "iter_160000.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v
+                               for k, v in to_mmseg_beit(beit.state_dict()).items()}}, path)
+    with pytest.raises(CheckpointError, match="rel_pos_type='beit'.*rel_pos_type='decomposed'"):
+        load_init_checkpoint(detector(), str(path))

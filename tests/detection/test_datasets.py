@@ -55,12 +55,12 @@ def test_valid_json_loads_with_contiguous_classes_and_absolute_paths(shapes_data
      r"RLE mask has size \[3, 3\]"),
     (lambda d, a, i: i.update(file_name="gone.jpg"), "file not found"),
 ])
-def test_broken_annotation_error_names_the_json_image_and_annotation(shapes_dataset, tmp_path,
-                                                                     edit, message):
+def test_strict_mode_error_names_the_json_image_and_annotation(shapes_dataset, tmp_path, edit,
+                                                                message):
     root, data = _coco(shapes_dataset)
     path, image, ann = _write_broken(tmp_path, data, edit)
     with pytest.raises(DatasetError, match=message) as err:
-        load_coco_instances(path, root / "images" / "train")
+        load_coco_instances(path, root / "images" / "train", on_invalid="error")
     text = str(err.value)
     assert "\n" not in text and str(path) in text
     assert f"image '{image['file_name']}' (id {image['id']})" in text
@@ -125,3 +125,19 @@ def test_class_count_mismatch_is_reported_with_the_override(shapes_dataset):
     check_num_classes("t_cls_val", 3)
     with pytest.raises(DatasetError, match="model.roi_heads.num_classes=3"):
         check_num_classes(["t_cls_val"], 80)
+
+
+def test_default_mode_stops_only_where_detectron2_would(shapes_dataset, tmp_path):
+    """Detectron2's loader raises on an unknown category and an empty bbox (one line here, naming
+    the annotation) and accepts what it does not check, e.g. a negative box width."""
+    root, data = _coco(shapes_dataset)
+    images = root / "images" / "train"
+    for edit, message in [(lambda d, a, i: a.update(category_id=99), "category_id 99"),
+                          (lambda d, a, i: a.update(bbox=[]), "has no bbox")]:
+        path, image, ann = _write_broken(tmp_path, data, edit)
+        with pytest.raises(DatasetError, match=message) as err:
+            load_coco_instances(path, images)
+        assert f"annotation {ann['id']}:" in str(err.value)
+    path, image, ann = _write_broken(tmp_path, data, lambda d, a, i: a.update(bbox=[1, 1, -4, 8]))
+    records = load_coco_instances(path, images)
+    assert sum(len(r["annotations"]) for r in records) == len(data["annotations"])

@@ -116,3 +116,15 @@ def test_patch8_backbone_keeps_the_p2_to_p6_names_and_strides():
         feats = backbone(torch.randn(1, 3, 64, 96))
     assert [tuple(f.shape[-2:]) for f in feats.values()] == [(16, 24), (8, 12), (4, 6), (2, 3),
                                                             (1, 2)]
+
+
+def test_pyramid_convs_start_from_torchs_default_init_as_vitdets():
+    """ViTDet's SimpleFeaturePyramid leaves its convs at torch's default init (no Caffe2 fill)."""
+    torch.manual_seed(0)
+    pyramid = SimpleFeaturePyramid(64, out_channels=32, scale_factors=(1.0,), num_extra_levels=0)
+    torch.manual_seed(0)
+    reference = [torch.nn.Conv2d(64, 32, 1, bias=False), torch.nn.Conv2d(32, 32, 3, padding=1,
+                                                                          bias=False)]
+    ours = [pyramid.levels[0][1][0], pyramid.levels[0][2][0]]
+    for conv, ref in zip(ours, reference):
+        assert torch.equal(conv.weight, ref.weight)

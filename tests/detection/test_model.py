@@ -120,13 +120,13 @@ def test_autocast_trainer_step_in_bfloat16_updates_the_weights(model):
     assert math.isfinite(storage.history("total_loss").latest())
 
 
-@pytest.mark.parametrize("size, arch, global_blocks, drop_path, decay, max_iter", [
-    ("b", (768, 12), [2, 5, 8, 11], 0.1, 0.7, 184375),
-    ("l", (1024, 24), [5, 11, 17, 23], 0.4, 0.8, 184375),
-    ("h", (1280, 32), [7, 15, 23, 31], 0.5, 0.9, 138281),
+@pytest.mark.parametrize("size, arch, global_blocks, drop_path, decay, max_iter, warmup", [
+    ("b", (768, 12), [2, 5, 8, 11], 0.1, 0.7, 184375, 250),
+    ("l", (1024, 24), [5, 11, 17, 23], 0.4, 0.8, 184375, 250),
+    ("h", (1280, 32), [7, 15, 23, 31], 0.5, 0.9, 138281, 250 * 138281 / 184375),
 ])
 def test_coco_configs_express_the_vitdet_recipes(size, arch, global_blocks, drop_path, decay,
-                                                  max_iter):
+                                                  max_iter, warmup):
     cfg = LazyConfig.load(str(REPO / "detection" / "configs" / f"mask_rcnn_vitdet_{size}_coco.py"))
     with torch.device("meta"):  # the structure, without allocating hundreds of MB
         model = instantiate(cfg.model)
@@ -141,11 +141,13 @@ def test_coco_configs_express_the_vitdet_recipes(size, arch, global_blocks, drop
     assert type(model.roi_heads.box_head.conv1.norm).__name__ == "LayerNorm2d"
     assert type(model.roi_heads.mask_head.mask_fcn1.norm).__name__ == "LayerNorm2d"
     assert cfg.optimizer.params.layer_decay == decay and cfg.optimizer.lr == 1e-4
-    assert cfg.optimizer.weight_decay == 0.1
+    assert cfg.optimizer.weight_decay == 0.1 and list(cfg.optimizer.betas) == [0.9, 0.999]
     assert cfg.train.max_iter == max_iter and cfg.train.amp.enabled
     milestones = cfg.lr_multiplier.scheduler.milestones
     assert milestones == [round(max_iter * 8 / 9), round(max_iter * 26 / 27)]
-    assert cfg.lr_multiplier.warmup_length * max_iter == pytest.approx(250)
+    # ViTDet's own numbers (H: the 100-epoch ones x 3 // 4)
+    assert milestones == {184375: [163889, 177546], 138281: [122916, 133159]}[max_iter]
+    assert cfg.lr_multiplier.warmup_length * max_iter == pytest.approx(warmup)  # H: 187.5
     assert cfg.dataloader.train.total_batch_size == 64
     lsj = instantiate(cfg.dataloader.train.mapper.augmentations)
     assert [type(a).__name__ for a in lsj] == ["RandomFlip", "ResizeScale", "FixedSizeCrop"]

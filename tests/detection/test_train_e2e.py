@@ -145,7 +145,8 @@ def test_demo_draws_on_every_input_image(trained, tmp_path):
         assert Image.open(drawn).size == Image.open(src).size
 
 
-def test_broken_annotation_stops_training_with_one_line_naming_the_image(shapes_dataset, tmp_path):
+def test_strict_mode_stops_training_with_one_line_naming_the_broken_annotation(shapes_dataset,
+                                                                              tmp_path):
     root = shapes_dataset["coco"]
     data = json.loads((root / "annotations" / "instances_train.json").read_text())
     ann = data["annotations"][3]
@@ -154,10 +155,29 @@ def test_broken_annotation_stops_training_with_one_line_naming_the_image(shapes_
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(data))
     # a later --dataset replaces an earlier registration of the same name
-    run = cli("tools/train_det.py", "--config", TINY, "--dataset", f"custom={root}",
+    run = cli("tools/train_det.py", "--config", TINY, "--invalid-annotations", "error",
+              "--dataset", f"custom={root}",
               "--dataset", f"custom_train={broken}:{root / 'images' / 'train'}",
               f"train.output_dir={tmp_path / 'out'}", check=False)
     assert run.returncode == 2
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and f"image '{image['file_name']}'" in last
     assert "needs at least 3" in last
+
+
+def test_tiny_cascade_trains_and_reports_coco_ap(shapes_dataset, tmp_path):
+    """The Cascade Mask R-CNN config family through the same entry point: train, evaluate, save."""
+    out = tmp_path / "cascade"
+    config = "detection/configs/cascade_mask_rcnn_vit_mini_cpu.py"
+    run = cli("tools/train_det.py", "--config", config, "--dataset",
+              f"custom={shapes_dataset['coco']}", f"train.output_dir={out}", "train.max_iter=20",
+              "train.eval_period=20", "train.checkpointer.period=20", "train.log_period=5")
+    assert "COCO evaluation on custom_val (iteration 20)" in run.stdout
+    result = json.loads((out / "coco_eval.json").read_text())["results"]
+    for task in ("bbox", "segm"):
+        assert result[task]["AP"] is None or 0.0 <= result[task]["AP"] <= 100.0
+    logged = metrics(out)
+    assert {"loss_cls_stage2", "loss_box_reg_stage2"} <= set(logged[-1])
+    assert logged[-1]["total_loss"] < logged[0]["total_loss"]
+    final = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert {f"roi_heads.box_predictor.{s}.bbox_pred.weight" for s in range(3)} <= set(final)

@@ -5,7 +5,7 @@ import math
 import pytest
 from PIL import Image
 
-from tools.e2e import INITS, main
+from experiment.driver import INITS, main
 
 STAGES = ["images", "dataset", "pretrain", "finetunes", "probe", "pictures", "pictures-recon"] + [
     f"{kind}-{init}" for kind in ("det", "seg", "pictures-det", "pictures-seg") for init in INITS]

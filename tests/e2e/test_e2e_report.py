@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from tools.e2e import ap_or_zero, compare, summarise
+from experiment.driver import ap_or_zero, compare, summarise
 
 
 def test_summarise_uses_sample_std_and_keeps_seeds():

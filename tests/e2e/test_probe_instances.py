@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tools.probe_instances import main, pool_over_mask, probe
+from experiment.probe import main, pool_over_mask, probe
 from tools.synthetic_data import make_shapes_dataset
 
 

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from pretrain.data import (CROP_STREAM, DatasetError, ImageFolderMAE, ResumableSampler, draft_scale,
-                           find_images, load_crop, normalize_batch, sample_crop, sample_rng)
+                           find_images, load_crop, normalize_batch, sample_crop, sample_rng,
+                           training_root)
 from tools.synthetic_data import write_synthetic_images
 
 
@@ -31,6 +32,44 @@ def test_finds_images_recursively_imagenet_layout(tmp_path):
     assert len(files) == 6
     assert files == sorted(files)
     assert not any(f.suffix == ".txt" for f in files)
+
+
+def _imagenet_like_tree(root):
+    """ImageNet's layout in small: train/<class>/*.JPEG and val/<class>/*.JPEG."""
+    for split, count in (("train", 3), ("val", 2)):
+        for cls in ("n01440764", "n01443537"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (24, 24), (40 * i, 80, 120)).save(folder / f"{cls}_{i}.JPEG")
+    return root
+
+
+def test_an_imagenet_root_trains_on_train_only_as_official_mae(tmp_path, caplog):
+    """PRETRAIN.md passes the ImageNet root; official MAE reads ImageFolder(root/'train')."""
+    root = _imagenet_like_tree(tmp_path / "imagenet")
+    with caplog.at_level(logging.INFO, logger="mae_transfer.pretrain.data"):
+        ds = ImageFolderMAE(root, input_size=16)
+    assert ds.root == root / "train"
+    assert len(ds) == 6
+    assert all((root / "train") in f.parents for f in ds.files)
+    assert f"pretraining on {root / 'train'} only" in caplog.text
+    assert training_root(root / "train" / "n01440764") == root / "train" / "n01440764"
+
+
+@pytest.mark.parametrize("held_out", ["val", "validation", "VAL"])
+def test_a_tree_with_a_held_out_folder_and_no_train_folder_is_refused(tmp_path, held_out):
+    root = _imagenet_like_tree(tmp_path / "imagenet")
+    (root / "train").rename(root / "images")
+    (root / "val").rename(root / held_out)
+    with pytest.raises(DatasetError) as err:
+        ImageFolderMAE(root, input_size=16)
+    message = str(err.value)
+    assert "\n" not in message and str(root / held_out) in message
+    assert "--data_path" in message
+    # one level down too: a folder of datasets is not a training set
+    with pytest.raises(DatasetError, match="held-out folder"):
+        ImageFolderMAE(tmp_path, input_size=16)
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):

@@ -7,7 +7,7 @@ from pretrain.main import build_optimizer
 from pretrain.masking import num_visible
 from pretrain.model import MAE_MODELS, build_mae, mae_from_config
 from pretrain.restore import infer_config
-from tools.pos_embed import sincos_2d
+from backbones.pos_embed import sincos_2d
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,9 @@ def test_position_embeddings_fixed_sincos_and_frozen(mae):
     in_opt = {n for g in opt.param_groups for n in g["param_names"]}
     assert "pos_embed" not in in_opt and "decoder_pos_embed" not in in_opt
     no_wd = {n for g in opt.param_groups if g["weight_decay"] == 0 for n in g["param_names"]}
-    assert {"cls_token", "mask_token", "norm.weight", "blocks.0.attn.qkv.bias"} <= no_wd
-    assert "blocks.0.attn.qkv.weight" not in no_wd
+    # Official MAE (timm add_weight_decay, no skip list): 1-D and biases only; tokens decayed.
+    assert {"norm.weight", "blocks.0.attn.qkv.bias", "decoder_norm.bias"} <= no_wd
+    assert not {"blocks.0.attn.qkv.weight", "cls_token", "mask_token"} & no_wd
     assert all(g["lr_scale"] == 1.0 for g in opt.param_groups)  # no layer decay in pretraining
 
 

@@ -170,7 +170,9 @@ def test_visualize_script(repo_root, straight_run, images, tmp_path, capsys):
 
 
 def _shell(repo_root, *args, env_extra=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    # The interpreter running the tests, not whichever python3 is first on PATH (a venv that is
+    # used but not activated would otherwise fail with "No module named torch").
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, **(env_extra or {})}
     return subprocess.run(["bash", str(repo_root / "tools" / "pretrain.sh"), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=300)
 

@@ -11,6 +11,20 @@ from segmentation import compat  # noqa: F401  (before mmseg)
 TINY_CONFIG = "segmentation/configs/upernet_vit-mini_1xb4-40it_shapes-64x64.py"
 
 
+@pytest.fixture(autouse=True)
+def fresh_mmengine_logger():
+    """Each test gets its own MMEngine logger.
+
+    ``MMLogger`` keeps the ``sys.stdout`` it was created with; when that is a ``capsys`` stream
+    (an entry point run in-process), it is closed after the test, and every later log line
+    becomes a "Logging error" traceback on stderr, breaking the one-line-error checks.
+    """
+    yield
+    from mmengine.logging import MMLogger
+
+    MMLogger._instance_dict.clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_config_path(repo_root) -> Path:
     return repo_root / TINY_CONFIG

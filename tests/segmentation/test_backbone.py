@@ -8,7 +8,7 @@ import segmentation  # noqa: F401  (registers MAEViT)
 from backbones import build_vit
 from segmentation.backbone import MAEViT, default_out_indices
 from tools.checkpoints import write_checkpoint
-from tools.pos_embed import resize_pos_embed
+from backbones.pos_embed import resize_pos_embed
 
 BN = dict(type="BN", requires_grad=True)
 

@@ -30,7 +30,7 @@ def expected_layer(name: str) -> int:
 
 def expected_wd(name: str, p) -> float:
     no_decay = (p.ndim == 1 or name.endswith((".bias", "pos_embed", "cls_token", "rel_pos_h",
-                                             "rel_pos_w")))
+                                             "rel_pos_w", "relative_position_bias_table")))
     return 0.0 if no_decay else WD
 
 
@@ -79,7 +79,10 @@ def test_spot_checks_of_the_rule(built):
     assert lr_wd("backbone.patch_embed.proj.weight") == (pytest.approx(DECAY ** 5), WD)
     assert lr_wd("backbone.blocks.0.attn.qkv.weight") == (pytest.approx(DECAY ** 4), WD)
     assert lr_wd("backbone.blocks.0.norm1.weight") == (pytest.approx(DECAY ** 4), 0.0)
-    assert lr_wd("backbone.blocks.2.attn.rel_pos_h") == (pytest.approx(DECAY ** 2), 0.0)
+    # the tiny config inherits the recipe's BEiT tables and layer scale
+    assert lr_wd("backbone.blocks.2.attn.relative_position_bias_table") == (
+        pytest.approx(DECAY ** 2), 0.0)
+    assert lr_wd("backbone.blocks.2.gamma_1") == (pytest.approx(DECAY ** 2), 0.0)
     assert lr_wd("backbone.blocks.3.mlp.fc1.bias") == (pytest.approx(DECAY), 0.0)
     assert lr_wd("backbone.adapter.ops.0.0.weight") == (1.0, WD)
     assert lr_wd("backbone.adapter.ops.0.1.weight") == (1.0, 0.0)  # BN in the x4 branch

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,90 @@ def test_unreadable_pretrained_file_is_one_line_error(repo_root, ade_root, tmp_p
                  "--pretrained", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.pth" in err[0] and err[0].startswith("error: ")
+
+
+@pytest.fixture
+def ade_without_classes_txt(ade_root, tmp_path):
+    """The shapes set as a plain ADE20K-layout folder: no classes.txt, so ADE20K's 150 classes."""
+    import shutil
+
+    root = tmp_path / "ADEChallengeData2016"
+    shutil.copytree(ade_root, root, ignore=shutil.ignore_patterns("classes.txt"))
+    return root
+
+
+def test_heads_with_fewer_classes_than_the_data_stop_before_the_run(
+        repo_root, ade_without_classes_txt, tmp_path, capsys):
+    """3-class heads on ADE20K's 150 classes: one line naming the override, in train and eval
+    modes, before the Runner starts (before: a run that crashes in the loss, ``IndexError: Target
+    4 is out of bounds``, on the first label past the heads, or, as here, where the labels stay
+    below 3, trains and evaluates over 150 classes without a word)."""
+    sys.path.insert(0, str(repo_root))
+    from tools.train_seg import main
+
+    root = ade_without_classes_txt
+    for extra in ([], ["--eval-only", "--checkpoint", str(tmp_path / "iter_20.pth")]):
+        with warnings.catch_warnings():  # library deprecation notes are not the error line
+            warnings.simplefilter("ignore")
+            assert main([TINY, "--data-root", str(root), "--work-dir", str(tmp_path / "w"),
+                         *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert f"the data at {root} has 150 classes (ADE20K's" in err[0]
+        assert "UPerHead predicts 3" in err[0]
+        assert ("--cfg-options model.decode_head.num_classes=150 "
+                "model.auxiliary_head.num_classes=150") in err[0]
+        assert f"{root}/classes.txt" in err[0]
+    assert not (tmp_path / "w").exists()  # stopped before the Runner made its work dir
+
+
+def test_the_named_override_or_a_classes_txt_is_accepted(repo_root, ade_without_classes_txt):
+    from segmentation.entry import load_config
+    from tools.train_seg import parse_args
+
+    root = str(ade_without_classes_txt)
+    cfg = load_config(parse_args([TINY, "--data-root", root, "--cfg-options",
+                                  "model.decode_head.num_classes=150",
+                                  "model.auxiliary_head.num_classes=150"]))
+    assert cfg.model.decode_head.num_classes == 150
+    (ade_without_classes_txt / "classes.txt").write_text("disc\nsquare\ntriangle\n")
+    assert load_config(parse_args([TINY, "--data-root", root])).model.decode_head.num_classes == 3
+
+
+def _tiny_checkpoint(tiny_cfg, path, num_classes, classes=None):
+    """An MMEngine-style checkpoint of the tiny segmentor with ``num_classes`` outputs."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    init_default_scope("mmseg")
+    model_cfg = tiny_cfg.model.copy()
+    model_cfg.decode_head.num_classes = num_classes
+    model_cfg.auxiliary_head.num_classes = num_classes
+    torch.manual_seed(0)
+    state = MODELS.build(model_cfg).state_dict()
+    meta = {"dataset_meta": {"classes": tuple(classes)}} if classes else {}
+    torch.save({"state_dict": state, "meta": meta}, path)
+    return path
+
+
+def test_demo_takes_the_class_count_from_the_checkpoint(repo_root, tiny_cfg, ade_root, tmp_path,
+                                                        capsys):
+    sys.path.insert(0, str(repo_root))
+    from mmseg.datasets import ADE20KDataset
+    from tools.demo_seg import main
+
+    image = sorted((ade_root / "images" / "validation").glob("*.jpg"))[0]
+    # dataset_meta that disagrees with the weights: one line, not a failed strict load
+    ade = ADE20KDataset.METAINFO["classes"]
+    bad = _tiny_checkpoint(tiny_cfg, tmp_path / "bad.pth", 3, classes=ade)
+    capsys.readouterr()  # what building the model printed
+    with warnings.catch_warnings():  # library deprecation notes are not the error line
+        warnings.simplefilter("ignore")
+        assert main([TINY, str(bad), str(image), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lists 150 classes" in err[0] and "predicts 3" in err[0]
+    # no class list: the count comes from the weights (5), not from the config (3)
+    five = _tiny_checkpoint(tiny_cfg, tmp_path / "five.pth", 5)
+    assert main([TINY, str(five), str(image), "--out", str(tmp_path / "o2")]) == 0
+    labels = np.array(Image.open(tmp_path / "o2" / f"{image.stem}_labels.png"))
+    assert labels.min() >= 1 and labels.max() <= 5

@@ -1,10 +1,13 @@
 """COCO 2017 data with large-scale jitter (ViTDet's recipe) and COCO box + mask evaluation.
 
 Train: horizontal flip, resize by a random factor in [0.1, 2.0] of 1024x1024, then a 1024x1024
-crop (padded when smaller); boxes are recomputed from the cropped masks. Test: the longer side
-resized to 1024. 64 images per iteration in total (over all GPUs). Dataset names are Detectron2
-catalog names; ``tools/train_det.py`` registers ``coco_2017_{train,val}`` from
-``$DETECTRON2_DATASETS/coco`` (or ``--coco-root``) and any ``--dataset NAME=...`` you add.
+crop; boxes are recomputed from the cropped masks. As in ViTDet, the crop does not pad a smaller
+image (``pad=False``): the model zero-pads the normalised batch to 1024x1024 and keeps the real
+image size (``detection.rcnn.ViTDetRCNN``), exactly as at test time, so training never sees grey
+128 borders and proposals are clipped to the image. Test: the longer side resized to 1024.
+64 images per iteration in total (over all GPUs). Dataset names are Detectron2 catalog names;
+``tools/train_det.py`` registers ``coco_2017_{train,val}`` from ``$DETECTRON2_DATASETS/coco`` (or
+``--coco-root``) and any ``--dataset NAME=...`` you add.
 """
 from omegaconf import OmegaConf
 
@@ -25,7 +28,7 @@ dataloader.train = L(build_detection_train_loader)(
             L(T.RandomFlip)(horizontal=True),
             L(T.ResizeScale)(min_scale=0.1, max_scale=2.0, target_height=IMAGE_SIZE,
                              target_width=IMAGE_SIZE),
-            L(T.FixedSizeCrop)(crop_size=(IMAGE_SIZE, IMAGE_SIZE)),
+            L(T.FixedSizeCrop)(crop_size=(IMAGE_SIZE, IMAGE_SIZE), pad=False),
         ],
         image_format="RGB",
         use_instance_mask=True,

@@ -3,7 +3,10 @@
 - backbone: ``backbones.build_vit`` with window attention (14) + global blocks 2, 5, 8, 11,
   decomposed relative position bias, drop path 0.1, no cls token, no final norm; ``img_size``
   1024 (the detection input: the position embedding is resized once, when loaded);
-  simple feature pyramid p2..p6 (256 channels, LayerNorm), batches padded to 1024x1024;
+  simple feature pyramid p2..p6 (256 channels, LayerNorm);
+- every batch (train and test) zero-padded after normalisation to 1024x1024, bottom / right, with
+  the real image sizes kept (``detection.rcnn.ViTDetRCNN``: also on Detectron2 v0.6, which
+  ignores ``padding_constraints``);
 - RPN with 2 hidden convs; box head 4 conv (LayerNorm) + 1 fc; mask head 4 conv (LayerNorm);
 - inputs RGB, normalised with the ImageNet mean / std (as the MAE pretraining saw them).
 
@@ -14,7 +17,6 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
-from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import (FastRCNNConvFCHead, FastRCNNOutputLayers,
@@ -23,11 +25,12 @@ from detectron2.modeling.roi_heads import (FastRCNNConvFCHead, FastRCNNOutputLay
 from backbones import build_vit
 from backbones.layers import LayerNorm2d
 from detection.backbone import ViTDetBackbone
+from detection.rcnn import ViTDetRCNN
 
 LEVELS = ["p2", "p3", "p4", "p5"]
 POOLER_SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
 
-model = L(GeneralizedRCNN)(
+model = L(ViTDetRCNN)(
     backbone=L(ViTDetBackbone)(
         net=L(build_vit)(
             name="vit_base_patch16", img_size=1024, drop_path_rate=0.1,

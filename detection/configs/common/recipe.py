@@ -9,7 +9,8 @@
 - ``coco_iterations(epochs)`` (COCO's 118k images at batch 64: 100 epochs = 184375) and
   ``step_schedule(max_iter)``: 250 warm-up iterations from 0.001x, lr x0.1 at 8/9 and again at
   26/27 of training (ViTDet's 163889 and 177546 of 184375). Milestones are fractions: overriding
-  ``train.max_iter`` alone rescales the whole schedule;
+  ``train.max_iter`` alone rescales the whole schedule (the warm-up stays 250 iterations; the
+  H config passes ViTDet's 187.5 itself);
 - ``train``: Detectron2's usual keys, plus ``amp.dtype`` (bfloat16, or float16 with a loss
   scaler), ``compile`` (torch.compile of the ViT blocks) and ``device``.
 """
