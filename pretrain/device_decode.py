@@ -2,7 +2,7 @@
 
 Why: the CPU path (``ImageFolderMAE``: PIL decode + RandomResizedCrop + flip in the workers)
 delivers about 110 full-size photos (640x480) per CPU-second, so a GPU training 5,500 img/s
-would need ~50 cores feeding it; the workers here need ~11 (docs/benchmarks.md). Here each worker only parses
+would need ~50 cores feeding it; the workers here need ~10 (docs/benchmarks.md). Here each worker only parses
 the JPEG header, draws the same random crop and flip as the CPU path (same generator, same
 order of draws: the two paths crop the same box of the same image), and ships the file's bytes.
 The main process then decodes the whole batch with ``torchvision.io.decode_jpeg(list, device=)``
