@@ -2,9 +2,10 @@
 
 Why: the CPU path (``ImageFolderMAE``: PIL decode + RandomResizedCrop + flip in the workers)
 delivers about 110 full-size photos (640x480) per CPU-second, so a GPU training 5,500 img/s
-would need ~50 cores feeding it; the workers here need ~10 (docs/benchmarks.md). Here each worker only parses
-the JPEG header, draws the same random crop and flip as the CPU path (same generator, same
-order of draws: the two paths crop the same box of the same image), and ships the file's bytes.
+would need ~50 cores feeding it; the workers here need ~10 (docs/benchmarks.md). Here each
+worker only parses the JPEG header, draws the same random crop and flip as the CPU path (same
+generator, same order of draws: the two paths crop the same box of the same image), and ships
+the file's bytes.
 The main process then decodes the whole batch with ``torchvision.io.decode_jpeg(list, device=)``
 (nvJPEG on CUDA, one batched call) and does the crop, bicubic resize (antialiased, as PIL's) and
 flip on the device. The same code runs on the CPU (``device='cpu'``), which is how it is tested.
