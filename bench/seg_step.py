@@ -6,7 +6,8 @@
 
 Both segmentors use the same UPerHead + auxiliary FCNHead (MMSeg's, widths of the MAE config) and
 the same pyramid (ours: the adapter inside MAEViT; MMSeg: its ``Feature2Pyramid`` neck on ``MAE``),
-relative position bias and drop path 0.1 in both. One full ``train_step`` (data preprocessing,
+BEiT relative position bias, layer scale 1.0 and drop path 0.1 in both (the same function, as the
+ADE20K configs build it). One full ``train_step`` (data preprocessing,
 forward, losses, backward, AdamW step; ``AmpOptimWrapper`` bf16 on GPU) is timed after warm-up.
 Each model runs in its own child process so that peak memory (CUDA ``max_memory_allocated``, or
 peak RSS growth on CPU) is measured from a clean start; the parent prints both and the ratios.
@@ -36,7 +37,8 @@ def segmentor_cfg(which: str, arch: str, size: int) -> dict:
     norm = dict(type="BN", requires_grad=True)  # one process: SyncBN would be reverted anyway
     if which == "ours":
         backbone = dict(type="MAEViT", arch=arch, img_size=size, out_indices=out_indices,
-                        drop_path_rate=0.1, use_rel_pos=True, norm_cfg=norm)
+                        drop_path_rate=0.1, use_rel_pos=True, rel_pos_type="beit",
+                        layer_scale_init=1.0, norm_cfg=norm)  # the ADE20K recipe's attention
         neck = None
     else:
         backbone = dict(type="MAE", img_size=(size, size), patch_size=16, embed_dims=dim,

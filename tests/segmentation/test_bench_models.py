@@ -28,6 +28,11 @@ def test_both_segmentors_share_heads_and_pyramid(repo_root):
     def shapes(module):
         return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
+    # The same attention (BEiT tables, layer scale) on both sides: same backbone tensor count.
+    vit = {k: v for k, v in ours.backbone.named_parameters() if not k.startswith("adapter.")}
+    assert sum(v.numel() for v in vit.values()) == sum(
+        v.numel() for v in theirs.backbone.parameters())
+    assert "blocks.0.attn.relative_position_bias_table" in vit and "blocks.0.gamma_1" in vit
     for head in ("decode_head", "auxiliary_head"):
         assert shapes(getattr(ours, head)) == shapes(getattr(theirs, head))
     x = torch.randn(1, 3, 64, 64)
