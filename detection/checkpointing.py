@@ -23,7 +23,7 @@ import torch
 import detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.checkpoint import DetectionCheckpointer
 
-from backbones.loading import LoadReport, check_coverage, load_pretrained
+from backbones.loading import LoadReport, check_coverage, load_state
 from tools.atomic import atomic_write
 from tools.checkpoints import CheckpointError, read_checkpoint
 
@@ -63,13 +63,17 @@ def is_detector_state(keys) -> bool:
     return any(k.removeprefix("module.").startswith(DETECTOR_KEY_PREFIXES) for k in keys)
 
 
-def load_detector_weights(model: torch.nn.Module, path: str) -> List[str]:
+def load_detector_weights(model: torch.nn.Module, path: str,
+                          raw: Optional[dict] = None) -> List[str]:
     """Load a whole-detector state dict; returns the missing keys (logged, like unexpected ones).
 
-    A detector whose backbone is not this ViT (e.g. a Detectron2 ResNet R-CNN) is refused as
-    ``backbones.load_pretrained`` refuses a file that fills too little of the encoder.
+    ``raw``: the file's tensors when the caller has read them already (read once: a ViT-H
+    detector file is several GB). A detector whose backbone is not this ViT (e.g. a Detectron2
+    ResNet R-CNN) is refused as ``backbones.load_pretrained`` refuses a file that fills too
+    little of the encoder.
     """
-    raw, _ = read_checkpoint(path)
+    if raw is None:
+        raw, _ = read_checkpoint(path)
     state = {k.removeprefix("module."): v for k, v in raw.items()}
     prefix = "backbone.net."
     check_coverage({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
@@ -98,11 +102,11 @@ def load_init_checkpoint(model: torch.nn.Module, path: Optional[str]) -> Optiona
     if not path:
         logger.info("no train.init_checkpoint: the whole detector starts from random init")
         return None
-    state, _ = read_checkpoint(path)
+    state, meta = read_checkpoint(path)  # once: both branches use these tensors
     if is_detector_state(state):
-        load_detector_weights(model, path)
+        load_detector_weights(model, path, raw=state)
         return None
-    report = load_pretrained(model.backbone.net, path)
+    report = load_state(model.backbone.net, state, meta, source=str(path))
     new_tables = [k for k in report.missing_keys if k.endswith(REL_POS_TABLES)]
     missing = [f"backbone.net.{k}" for k in report.missing_keys if k not in new_tables]
     logger.info("init_checkpoint %s -> model.backbone.net: %d missing keys %s, %d unexpected "

@@ -139,3 +139,31 @@ def test_init_checkpoint_with_beit_tables_is_refused_by_the_decomposed_detector(
                                for k, v in to_mmseg_beit(beit.state_dict()).items()}}, path)
     with pytest.raises(CheckpointError, match="rel_pos_type='beit'.*rel_pos_type='decomposed'"):
         load_init_checkpoint(detector(), str(path))
+
+
+@pytest.mark.parametrize("whole_detector", [False, True])
+def test_init_checkpoint_reads_the_file_once(tmp_path, monkeypatch, whole_detector):
+    """A ViT-H file is 2.5 GB (a detector's more): one read, whatever the file holds."""
+    import detection.checkpointing as ckpt_module
+
+    if whole_detector:
+        torch.manual_seed(3)
+        source = detector()
+        path = tmp_path / "model_final.pth"
+        torch.save({"model": source.state_dict()}, path)
+    else:
+        path = write_checkpoint(pretrained_encoder(seed=3), tmp_path / "enc.pth", "ours")
+    reads = []
+    real = ckpt_module.read_checkpoint
+    monkeypatch.setattr(ckpt_module, "read_checkpoint",
+                        lambda p: reads.append(p) or real(p))
+    import backbones.loading as loading_module
+    monkeypatch.setattr(loading_module, "read_checkpoint",
+                        lambda p: reads.append(p) or real(p))
+    model = detector()
+    load_init_checkpoint(model, str(path))
+    assert len(reads) == 1
+    key = "backbone.net.blocks.0.attn.qkv.weight"
+    expected = (source.state_dict()[key] if whole_detector
+                else pretrained_encoder(seed=3)["blocks.0.attn.qkv.weight"])
+    assert torch.equal(model.state_dict()[key], expected)
