@@ -198,7 +198,10 @@ def execute(run: Run, limit: float, log_dir: Path, env: Dict[str, str]) -> Dict:
     if run.json_path:
         run.json_path.parent.mkdir(parents=True, exist_ok=True)
         run.json_path.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore", **env)
+    # PYTHON: tools/pretrain.sh runs this interpreter, not whichever python3 is first on PATH
+    # (a virtual environment used without being activated).
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore",
+               PYTHON=sys.executable, **env)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(run.cmd, cwd=REPO, capture_output=True, text=True, timeout=limit,
