@@ -20,7 +20,7 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -92,6 +92,18 @@ def _unwrap(obj, path: Path, meta: dict) -> Tuple[StateDict, dict]:
     return state, meta
 
 
+def strip_ddp_prefix(state: StateDict) -> StateDict:
+    """``state`` without the ``module.`` prefix DDP-wrapped models save their keys under."""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def meta_grid(meta: dict) -> Optional[Tuple[int, int]]:
+    """The patch grid a checkpoint was made for, from its metadata (None if not recorded)."""
+    if meta.get("img_size") and meta.get("patch_size"):
+        return tuple(int(s) // int(p) for s, p in zip(meta["img_size"], meta["patch_size"]))
+    return None
+
+
 def split_encoder(state: StateDict) -> Tuple[StateDict, List[str]]:
     """Strip framework / DDP prefixes and drop MAE decoder keys: ``(encoder state, dropped keys)``.
 
@@ -99,7 +111,7 @@ def split_encoder(state: StateDict) -> Tuple[StateDict, List[str]]:
     (heads, pyramids) are returned as dropped so the caller can report them. MMSeg ``MAE`` /
     ``BEiT`` names are renamed to ours (``backbones.beit_layout``), so every caller sees one naming.
     """
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = strip_ddp_prefix(state)
     dropped: List[str] = []
     for prefix in BACKBONE_PREFIXES:
         if any(k.startswith(prefix) for k in state):

@@ -18,7 +18,8 @@ from typing import Iterable, Iterator, List
 import torch
 
 from backbones.checkpoint_files import (CheckpointError, StateDict, describe_architecture,
-                                        describe_layout, read_checkpoint, split_encoder)
+                                        describe_layout, meta_grid, read_checkpoint,
+                                        split_encoder)
 from backbones.pos_embed import (infer_grid, resize_beit_table, resize_patch_kernel,
                                  resize_pos_embed, resize_rel_pos)
 
@@ -43,13 +44,20 @@ class LoadReport:
     dropped_keys: List[str] = field(default_factory=list)
     resized_keys: List[str] = field(default_factory=list)
 
+    @property
+    def new_in_fine_tuning(self) -> List[str]:
+        """Missing keys that fine-tuning adds (``FINE_TUNING_ADDITIONS``): expected, at their init."""
+        return [k for k in self.missing_keys if k.endswith(FINE_TUNING_ADDITIONS)]
+
+    @property
+    def missing_pretrained(self) -> List[str]:
+        """Missing keys a pretrained file should have had: the ones worth a warning."""
+        return [k for k in self.missing_keys if not k.endswith(FINE_TUNING_ADDITIONS)]
+
 
 def _fit_pos_embed(pos: torch.Tensor, model, meta: dict) -> torch.Tensor:
     target = model.pos_embed
-    hint = None
-    if meta.get("img_size") and meta.get("patch_size"):
-        hint = tuple(int(s) // int(p) for s, p in zip(meta["img_size"], meta["patch_size"]))
-    prefix, grid = infer_grid(pos.shape[1], hint=hint or model.pretrain_grid)
+    prefix, grid = infer_grid(pos.shape[1], hint=meta_grid(meta) or model.pretrain_grid)
     if prefix == 0:  # e.g. a ViTDet export without a cls slot: add a zero one
         pos = torch.cat([pos.new_zeros(1, 1, pos.shape[-1]), pos], dim=1)
     return resize_pos_embed(pos, model.pretrain_grid, grid, num_prefix=1).to(target.dtype)
@@ -186,23 +194,22 @@ def load_state(model, state: StateDict, meta: dict | None = None, source: str = 
     For callers that need the file's other tensors too (a detector's heads, an MAE decoder): the
     file is read once, not once per use (a ViT-H file is 2.5 GB). The same checks run here.
     """
-    path = source
     meta = meta or {}
     raw_keys = list(state)
     state, dropped = split_encoder(state)
     own = model.state_dict()
-    check_coverage(state, own, raw_keys, str(path))
-    check_rel_pos_kind(state, own, str(path))
-    state, resized = adapt_state_dict(state, model, meta, source=str(path))
+    check_coverage(state, own, raw_keys, source)
+    check_rel_pos_kind(state, own, source)
+    state, resized = adapt_state_dict(state, model, meta, source=source)
     result = model.load_state_dict(state, strict=False)
     report = LoadReport(list(result.missing_keys), list(result.unexpected_keys), dropped, resized)
     logger.info("loaded %s: %d tensors; resized %s; dropped %d non-encoder keys",
-                path, len(state) - len(report.unexpected_keys), resized or "nothing", len(dropped))
+                source, len(state) - len(report.unexpected_keys), resized or "nothing", len(dropped))
     if report.missing_keys:
         logger.warning("missing keys (left at their init): %s", ", ".join(report.missing_keys))
     if report.unexpected_keys:
         logger.warning("unexpected keys (ignored): %s", ", ".join(report.unexpected_keys))
     if strict and (report.missing_keys or report.unexpected_keys):
-        raise CheckpointError(f"{path}: strict load failed: missing {report.missing_keys}, "
+        raise CheckpointError(f"{source}: strict load failed: missing {report.missing_keys}, "
                               f"unexpected {report.unexpected_keys}")
     return report

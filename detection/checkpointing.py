@@ -25,14 +25,12 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from backbones.loading import LoadReport, check_coverage, load_state
 from tools.atomic import atomic_write
-from tools.checkpoints import CheckpointError, read_checkpoint
+from tools.checkpoints import CheckpointError, read_checkpoint, strip_ddp_prefix
 
 logger = logging.getLogger("mae_transfer.detection")
 
 #: Key prefixes that only a whole detector has (after stripping a DDP ``module.`` prefix).
 DETECTOR_KEY_PREFIXES = ("proposal_generator.", "roi_heads.", "backbone.pyramid.")
-#: Parameters a detector's ViT adds to a pretrained one (zero-initialised: no bias at first).
-REL_POS_TABLES = ("rel_pos_h", "rel_pos_w")
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -74,7 +72,7 @@ def load_detector_weights(model: torch.nn.Module, path: str,
     """
     if raw is None:
         raw, _ = read_checkpoint(path)
-    state = {k.removeprefix("module."): v for k, v in raw.items()}
+    state = strip_ddp_prefix(raw)
     prefix = "backbone.net."
     check_coverage({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
                    model.backbone.net.state_dict(), raw.keys(), path)
@@ -107,11 +105,10 @@ def load_init_checkpoint(model: torch.nn.Module, path: Optional[str]) -> Optiona
         load_detector_weights(model, path, raw=state)
         return None
     report = load_state(model.backbone.net, state, meta, source=str(path))
-    new_tables = [k for k in report.missing_keys if k.endswith(REL_POS_TABLES)]
-    missing = [f"backbone.net.{k}" for k in report.missing_keys if k not in new_tables]
+    missing = [f"backbone.net.{k}" for k in report.missing_pretrained]
     logger.info("init_checkpoint %s -> model.backbone.net: %d missing keys %s, %d unexpected "
                 "keys %s, %d dropped non-encoder keys; %d relative-position tables the checkpoint "
                 "lacks start at zero (no bias: the pretrained attention, as in ViTDet)", path,
                 len(missing), missing, len(report.unexpected_keys), report.unexpected_keys,
-                len(report.dropped_keys), len(new_tables))
+                len(report.dropped_keys), len(report.new_in_fine_tuning))
     return report

@@ -29,7 +29,7 @@ import torch
 from backbones.loading import LoadReport, load_state, without
 from backbones.pos_embed import infer_grid, sincos_2d
 from pretrain.model import MaskedAutoencoderViT
-from tools.checkpoints import DECODER_KEY, CheckpointError, read_checkpoint
+from tools.checkpoints import DECODER_KEY, CheckpointError, read_checkpoint, strip_ddp_prefix
 
 logger = logging.getLogger("mae_transfer.pretrain")
 
@@ -52,10 +52,6 @@ class InitReport:
     @property
     def with_decoder(self) -> bool:
         return bool(self.decoder_loaded)
-
-
-def _strip_module(state: dict) -> dict:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 def _load_decoder(model: MaskedAutoencoderViT, decoder: dict, path: str) -> List[str]:
@@ -102,7 +98,7 @@ def init_from_checkpoint(model: MaskedAutoencoderViT, path: str | os.PathLike) -
     """Load ``path``'s weights into a fresh ``model`` (see the module docstring)."""
     path = str(path)
     state, meta = read_checkpoint(path)
-    state = _strip_module(state)
+    state = strip_ddp_prefix(state)
     decoder = {k: v for k, v in state.items() if DECODER_KEY.match(k) and k not in SINCOS}
     file_grid = _check_sincos(model, state.get("pos_embed"), path)
     encoder_state = {k: v for k, v in state.items()

@@ -16,7 +16,7 @@ from typing import Dict
 import torch
 
 from pretrain.model import MaskedAutoencoderViT, mae_from_config
-from tools.checkpoints import CheckpointError, read_checkpoint
+from tools.checkpoints import CheckpointError, read_checkpoint, strip_ddp_prefix
 
 STANDARD_HEADS = {64: 4, 192: 3, 384: 6, 512: 16, 768: 12, 1024: 16, 1280: 16}
 
@@ -54,7 +54,7 @@ def infer_config(state: Dict[str, torch.Tensor]) -> dict:
 def load_mae(path: str | os.PathLike, norm_pix_loss: bool | None = None) -> MaskedAutoencoderViT:
     """A ``MaskedAutoencoderViT`` with the weights of ``path`` (ours or official MAE)."""
     state, meta = read_checkpoint(path)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = strip_ddp_prefix(state)
     config = dict(meta.get("model_config") or infer_config(state))
     if norm_pix_loss is not None:
         config["norm_pix_loss"] = norm_pix_loss

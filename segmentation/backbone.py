@@ -23,7 +23,7 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 
-from backbones.loading import FINE_TUNING_ADDITIONS, LoadReport, load_pretrained, without
+from backbones.loading import LoadReport, load_pretrained, without
 from backbones.layers import pyramid_scales
 from backbones.multiscale import MultiScaleAdapter
 from backbones.vit import VisionTransformer, vit_kwargs
@@ -124,8 +124,7 @@ class MAEViT(VisionTransformer):
         print_log(f"MAEViT: loaded pretrained weights from {path} "
                   f"(resized: {report.resized_keys or 'none'}; "
                   f"dropped {len(report.dropped_keys)} non-encoder keys)", logger="current")
-        new_tables = [k for k in report.missing_keys if k.endswith(FINE_TUNING_ADDITIONS)]
-        missing = [k for k in report.missing_keys if k not in new_tables]
+        new_tables, missing = report.new_in_fine_tuning, report.missing_pretrained
         if new_tables:
             print_log(f"MAEViT: {len(new_tables)} relative-position tables / layer-scale vectors "
                       f"are new in fine-tuning (not in the checkpoint; tables start at zero, "

@@ -29,12 +29,13 @@ import torch
 from backbones.beit_layout import to_mmseg_beit
 from backbones.checkpoint_files import (BACKBONE_PREFIXES, DECODER_KEY, META_KEY,
                                         CheckpointError, StateDict, describe_architecture,
-                                        describe_layout, read_checkpoint, split_encoder)
+                                        describe_layout, meta_grid, read_checkpoint,
+                                        split_encoder, strip_ddp_prefix)
 from tools.atomic import atomic_write
 
 __all__ = ["BACKBONE_PREFIXES", "DECODER_KEY", "FORMATS", "META_KEY", "CheckpointError",
-           "StateDict", "describe_architecture", "describe_layout", "read_checkpoint",
-           "split_encoder", "write_checkpoint"]
+           "StateDict", "describe_architecture", "describe_layout", "meta_grid",
+           "read_checkpoint", "split_encoder", "strip_ddp_prefix", "write_checkpoint"]
 FORMATS = ("ours", "timm", "detectron2", "mmseg", "mmseg-mae")
 
 
@@ -62,12 +63,6 @@ def write_checkpoint(state: StateDict, path: str | os.PathLike, fmt: str = "ours
     elif fmt == "mmseg":
         obj = {"state_dict": {f"backbone.{k}": v for k, v in state.items()}, "meta": meta}
     else:  # mmseg-mae: what MMSeg's MAE backbone loads itself (its init_cfg reads unprefixed keys)
-        obj = {"state_dict": to_mmseg_beit(state, _grid(meta)), "meta": meta}
+        obj = {"state_dict": to_mmseg_beit(state, meta_grid(meta)), "meta": meta}
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
-
-def _grid(meta: dict):
-    """The patch grid a checkpoint was made for, from its metadata (None if not recorded)."""
-    if meta.get("img_size") and meta.get("patch_size"):
-        return [int(s) // int(p) for s, p in zip(meta["img_size"], meta["patch_size"])]
-    return None
