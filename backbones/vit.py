@@ -23,7 +23,7 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from backbones.attention import REL_POS_TYPES, Attention
+from backbones.attention import Attention
 from backbones.pos_embed import resize_pos_embed, sincos_2d
 
 #: Named architectures: (patch_size, embed_dim, depth, num_heads). Tiny/mini exist for CPU runs.
@@ -89,9 +89,7 @@ class VisionTransformer(nn.Module):
                  use_cls_token: bool = True, final_norm: bool = True,
                  grad_checkpointing: bool = False, fused_attn: bool = True,
                  norm_eps: float = 1e-6):
-        super().__init__()
-        if rel_pos_type not in REL_POS_TYPES:
-            raise ValueError(f"rel_pos_type must be one of {REL_POS_TYPES}, got {rel_pos_type!r}")
+        super().__init__()  # rel_pos_type is checked by each block's Attention
         self.arch = dict(img_size=_pair(img_size), patch_size=_pair(patch_size), in_chans=in_chans,
                          embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                          mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, window_size=window_size,

@@ -22,7 +22,7 @@ Config::
 
 ``paramwise_cfg`` keys: ``layer_decay_rate`` (required), ``num_layers`` (default: read off the
 ``blocks.{i}`` names), ``no_weight_decay`` (extra exact parameter names without weight decay),
-``wd_policy`` (a ``tools.lr_decay.WD_POLICIES`` name).
+``wd_policy`` (a ``tools.lr_decay.WD_POLICIES`` name, checked when the config is read).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 
-from tools.lr_decay import WD_POLICIES, param_groups
+from tools.lr_decay import check_wd_policy, param_groups
 
 _KNOWN_KEYS = {"layer_decay_rate", "num_layers", "no_weight_decay", "wd_policy"}
 
@@ -60,10 +60,7 @@ class ViTLayerDecayOptimizerConstructor:
         self.layer_decay = float(paramwise_cfg["layer_decay_rate"])
         self.num_layers = paramwise_cfg.get("num_layers")
         self.no_weight_decay = tuple(paramwise_cfg.get("no_weight_decay", ()))
-        self.wd_policy = str(paramwise_cfg.get("wd_policy", "mae_finetune"))
-        if self.wd_policy not in WD_POLICIES:
-            raise ValueError(f"paramwise_cfg wd_policy {self.wd_policy!r} is not one of "
-                             f"{sorted(WD_POLICIES)}")
+        self.wd_policy = check_wd_policy(str(paramwise_cfg.get("wd_policy", "mae_finetune")))
 
     def param_groups(self, model: nn.Module) -> List[Dict]:
         """The optimizer's groups (head first), each with its absolute ``lr``."""

@@ -98,11 +98,17 @@ WD_POLICIES: Dict[str, Callable[[nn.Module], Set[str]]] = {
 }
 
 
-def no_weight_decay_names(model: nn.Module, wd_policy: str = "mae_finetune") -> Set[str]:
-    """Names of ``model``'s parameters that ``wd_policy`` exempts from weight decay."""
+def check_wd_policy(wd_policy: str) -> str:
+    """``wd_policy`` itself if it names a ``WD_POLICIES`` entry, else a one-line ``ValueError``
+    (for config readers that want to fail before a model exists)."""
     if wd_policy not in WD_POLICIES:
         raise ValueError(f"unknown wd_policy {wd_policy!r}; choose one of {sorted(WD_POLICIES)}")
-    return WD_POLICIES[wd_policy](model)
+    return wd_policy
+
+
+def no_weight_decay_names(model: nn.Module, wd_policy: str = "mae_finetune") -> Set[str]:
+    """Names of ``model``'s parameters that ``wd_policy`` exempts from weight decay."""
+    return WD_POLICIES[check_wd_policy(wd_policy)](model)
 
 
 def count_vit_blocks(model: nn.Module) -> int:
