@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from pretrain.device_decode import batch_pixels  # noqa: E402
 from pretrain.main import build_optimizer  # noqa: E402
 from pretrain.model import MAE_MODELS, build_mae  # noqa: E402
 
@@ -150,19 +151,14 @@ def build_loader(args, num_patches: int, batches: int):
     """The training data loader of ``pretrain/`` over ``--data_path``, cycling through the
     photos for ``batches`` batches (JPEG bytes, decoded on the device, with
     ``--decode_on_device``)."""
-    from torch.utils.data import DataLoader
+    from pretrain.data import ResumableSampler
+    from pretrain.device_decode import dataset_class, make_loader
 
-    from pretrain.data import ImageFolderMAE, ResumableSampler
-    from pretrain.device_decode import EncodedImageFolder, EncodedLoader, collate_encoded
-
-    cls = EncodedImageFolder if args.decode_on_device else ImageFolderMAE
-    ds = cls(args.data_path, args.input_size, num_patches)
+    ds = dataset_class(args.decode_on_device)(args.data_path, args.input_size, num_patches)
     sampler = ResumableSampler(len(ds), args.batch_size, steps_per_epoch=batches)
-    loader = DataLoader(ds, batch_size=args.batch_size, sampler=sampler,
-                        num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
-                        prefetch_factor=4 if args.num_workers else None,
-                        collate_fn=collate_encoded if args.decode_on_device else None)
-    return EncodedLoader(loader, ds) if args.decode_on_device else loader
+    return make_loader(ds, batch_size=args.batch_size, sampler=sampler,
+                       num_workers=args.num_workers, pin_memory=torch.cuda.is_available(),
+                       prefetch_factor=4 if args.num_workers else None)
 
 
 def _cpu_seconds() -> Tuple[float, float]:
@@ -183,7 +179,7 @@ def time_loader(args, num_patches: int, device: torch.device) -> Dict[str, float
     (own0, kids0), t0 = _cpu_seconds(), time.perf_counter()
     n = 0
     for batch, _ in it:
-        pixels = batch.decode(device) if hasattr(batch, "decode") else batch.to(device)
+        pixels = batch_pixels(batch, device).to(device)
         n += pixels.shape[0]
     _sync(device)
     wall = time.perf_counter() - t0
@@ -208,12 +204,12 @@ def time_end_to_end(model, args, device: torch.device) -> Dict[str, float]:
     it = iter(loader)
     for _ in range(args.warmup):
         batch, noise = next(it)
-        pixels = batch.decode(device) if hasattr(batch, "decode") else batch
+        pixels = batch_pixels(batch, device)
         step(normalize_batch(pixels, device), noise.to(device, non_blocking=True))
     _sync(device)
     t0, n = time.perf_counter(), 0
     for batch, noise in it:
-        pixels = batch.decode(device) if hasattr(batch, "decode") else batch
+        pixels = batch_pixels(batch, device)
         loss = step(normalize_batch(pixels, device), noise.to(device, non_blocking=True))
         n += pixels.shape[0]
     _sync(device)

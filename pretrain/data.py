@@ -121,6 +121,11 @@ def draft_scale(crop_w: int, crop_h: int, out_size: int) -> int:
     return 1
 
 
+def sample_flip(rng: np.random.Generator, flip: bool = True) -> bool:
+    """Whether to flip a sample horizontally (probability 0.5), drawn after its crop box."""
+    return bool(flip and rng.random() < 0.5)
+
+
 def load_crop(path: Path, rng: np.random.Generator, out_size: int,
               scale: Tuple[float, float] = (0.2, 1.0), flip: bool = True,
               draft: bool = True) -> np.ndarray:
@@ -138,7 +143,7 @@ def load_crop(path: Path, rng: np.random.Generator, out_size: int,
     box = (left / s, top / s, (left + w) / s, (top + h) / s)
     out = rgb.resize((out_size, out_size), Image.BICUBIC, box=box)
     arr = np.array(out)  # a writable copy (torch refuses to wrap read-only arrays)
-    if flip and rng.random() < 0.5:
+    if sample_flip(rng, flip):
         arr = np.ascontiguousarray(arr[:, ::-1])
     return arr
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pretrain.data import CROP_STREAM, ImageFolderMAE, sample_crop, sample_rng
+from pretrain.data import CROP_STREAM, ImageFolderMAE, sample_crop, sample_flip, sample_rng
 
 #: PIL modes whose JPEGs nvJPEG / libjpeg decode to the same RGB as PIL's ``convert("RGB")``.
 _DEVICE_MODES = ("RGB", "L")
@@ -56,7 +56,7 @@ class EncodedImageFolder(ImageFolderMAE):
             if fmt == "JPEG" and mode in _DEVICE_MODES:
                 # The draws of load_crop, in its order: crop box, then flip.
                 box = sample_crop(rng, width, height, self.scale)
-                flip = bool(self.flip and rng.random() < 0.5)
+                flip = sample_flip(rng, self.flip)
                 return EncodedSample((epoch, index), self.mask_noise(epoch, index),
                                      jpeg=path.read_bytes(), box=box, flip=flip)
         except Exception:  # noqa: BLE001 - unreadable here: the CPU path reports and substitutes
@@ -122,6 +122,28 @@ class EncodedLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def dataset_class(decode_on_device: bool) -> type:
+    """The pretraining dataset: JPEG bytes for the device (``--decode_on_device``) or pixels."""
+    return EncodedImageFolder if decode_on_device else ImageFolderMAE
+
+
+def make_loader(dataset: ImageFolderMAE, **dataloader_kwargs):
+    """The DataLoader over ``dataset``; over an ``EncodedImageFolder`` with ``collate_encoded``
+    and wrapped in ``EncodedLoader``. One place for training and the benchmark."""
+    from torch.utils.data import DataLoader
+
+    if not isinstance(dataset, EncodedImageFolder):
+        return DataLoader(dataset, **dataloader_kwargs)
+    return EncodedLoader(DataLoader(dataset, collate_fn=collate_encoded, **dataloader_kwargs),
+                         dataset)
+
+
+def batch_pixels(batch, device: torch.device):
+    """The uint8 images of a loader batch: an ``EncodedBatch`` decoded on ``device``, a pixel
+    batch as it is (``normalize_batch`` moves it)."""
+    return batch.decode(device) if isinstance(batch, EncodedBatch) else batch
 
 
 def _decode_jpegs(data: List[torch.Tensor], device: torch.device) -> List[Optional[torch.Tensor]]:

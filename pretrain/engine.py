@@ -19,6 +19,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 
 from pretrain.data import normalize_batch
+from pretrain.device_decode import batch_pixels
 from pretrain.distributed import DistInfo, all_reduce_sum
 from pretrain.schedule import apply_lr
 
@@ -84,9 +85,7 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
         if step % cfg.accum_iter == 0:
             lr = cfg.lr_fn(progress.epoch + step / cfg.steps_per_epoch)
             apply_lr(optimizer, lr)
-        if hasattr(batch, "decode"):  # --decode_on_device: JPEG bytes, decoded there
-            batch = batch.decode(device)
-        imgs = normalize_batch(batch, device)
+        imgs = normalize_batch(batch_pixels(batch, device), device)  # --decode_on_device: there
         noise = noise.to(device, non_blocking=True)
         boundary = (step + 1) % cfg.accum_iter == 0
         sync = no_sync() if (no_sync is not None and not boundary) else contextlib.nullcontext()

@@ -26,17 +26,16 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from pretrain.checkpoint import (atomic_save, load_training_checkpoint, plain, rng_state,
                                  set_rng_state)
-from pretrain.data import (DatasetError, ImageFolderMAE, ResumableSampler, ignore_stop_signals,
+from pretrain.data import (DatasetError, ResumableSampler, ignore_stop_signals,
                            normalize_batch)
-from pretrain.device_decode import EncodedImageFolder, EncodedLoader, collate_encoded
+from pretrain.device_decode import dataset_class, make_loader
 from pretrain.distributed import DistInfo, barrier, cleanup, init_distributed
 from pretrain.engine import NonFiniteLoss, Progress, StepConfig, train_one_epoch
 from pretrain.init import init_from_checkpoint
-from pretrain.logs import MetricWriter, setup_logging
+from pretrain.logs import MetricWriter, setup_logging, teardown_logging
 from pretrain.model import (MAE_MODELS, MaskedAutoencoderViT, build_mae, encoder_name,
                            mae_config)
 from pretrain.schedule import effective_lr, lr_at
@@ -178,8 +177,7 @@ class Run:
         self.model = build_model(args).to(device)
         if device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)  # patch-embed conv in NHWC
-        dataset_cls = EncodedImageFolder if args.decode_on_device else ImageFolderMAE
-        self.dataset = dataset_cls(args.data_path, args.input_size, self.model.num_patches,
+        self.dataset = dataset_class(args.decode_on_device)(args.data_path, args.input_size, self.model.num_patches,
                                    seed=args.seed)
         self.sampler = self._make_sampler()
         self.steps_per_epoch = self.sampler.steps_per_epoch
@@ -288,13 +286,11 @@ class Run:
     def loader(self):
         a, cuda = self.args, self.dist.device.type == "cuda"
         workers = max(0, a.num_workers)
-        loader = DataLoader(self.dataset, batch_size=a.batch_size, sampler=self.sampler,
-                            num_workers=workers, pin_memory=cuda, drop_last=False,
-                            persistent_workers=workers > 0,
-                            prefetch_factor=4 if workers > 0 else None,
-                            worker_init_fn=ignore_stop_signals if workers > 0 else None,
-                            collate_fn=collate_encoded if a.decode_on_device else None)
-        return EncodedLoader(loader, self.dataset) if a.decode_on_device else loader
+        return make_loader(self.dataset, batch_size=a.batch_size, sampler=self.sampler,
+                           num_workers=workers, pin_memory=cuda, drop_last=False,
+                           persistent_workers=workers > 0,
+                           prefetch_factor=4 if workers > 0 else None,
+                           worker_init_fn=ignore_stop_signals if workers > 0 else None)
 
     def visualize(self, writer: MetricWriter) -> None:
         a = self.args
@@ -433,6 +429,7 @@ def main(argv=None) -> int:
     finally:
         if dist_info is not None:
             cleanup()
+            teardown_logging()
 
 
 if __name__ == "__main__":
