@@ -37,6 +37,19 @@ def setup_logging(output_dir: Optional[Path], rank: int) -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.pretrain")
 
 
+def teardown_logging() -> None:
+    """Undo ``setup_logging``: close its handlers (``train.log`` complete and released) and give
+    the ``mae_transfer`` loggers back their defaults (level unset, records propagate), so that a
+    caller running ``main()`` in-process (a test, a notebook) finds logging as a fresh process has
+    it instead of a logger that swallows every later record."""
+    root = logging.getLogger(LOGGER_NAME)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    root.setLevel(logging.NOTSET)
+    root.propagate = True
+
+
 class MetricWriter:
     """TensorBoard scalars/images and a ``log.txt`` of JSON lines (one per epoch), rank 0 only."""
 

@@ -100,17 +100,8 @@ def test_position_embeddings_are_recomputed_for_another_input_size(tmp_path, cap
     path = tmp_path / "full.pth"
     torch.save({"model": src.state_dict()}, path)
     model = fresh(img_size=64)  # 4x4 grid
-    # Our own handler: an earlier in-process training run may have stopped the "mae_transfer"
-    # loggers from propagating to pytest's capture.
-    logger = logging.getLogger("mae_transfer.pretrain")
-    handler, level = caplog.handler, logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with caplog.at_level(logging.INFO, logger="mae_transfer.pretrain"):
         report = init_from_checkpoint(model, path)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     assert report.file_grid == (2, 2) and report.run_grid == (4, 4)
     assert torch.equal(model.pos_embed, sincos_2d(64, (4, 4)))
     assert torch.equal(model.decoder_pos_embed, sincos_2d(64, (4, 4)))
