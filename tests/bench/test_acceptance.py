@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from bench.acceptance import PARTS, photo_folder
+from bench.acceptance import DEFAULT_DATA, PARTS, photo_folder
 from bench.acceptance_report import TARGETS, markdown, summarize
+from tools.synthetic_data import write_synthetic_images
 
 
 def run_acceptance(repo_root, out, *extra, timeout=1800):
@@ -26,10 +27,20 @@ def written(out):
     return json.loads(reports[0].read_text()), reports[0].with_suffix(".md").read_text()
 
 
+def photo_args(tmp_path):
+    """``--data`` for the loader and pretraining parts: none (the default, the shared photos)
+    where ``../shared/data`` has photos, else generated JPEGs at COCO's 640x480, so that the check
+    runs on a machine without the shared data too."""
+    if photo_folder(DEFAULT_DATA) is not None:
+        return []
+    return ["--data", str(write_synthetic_images(tmp_path / "photos", count=16, size=(480, 640)))]
+
+
 @pytest.mark.slow
 def test_tiny_cpu_run_of_every_part_writes_json_and_table(repo_root, tmp_path):
-    proc = run_acceptance(repo_root, tmp_path)
-    report, table = written(tmp_path)
+    out = tmp_path / "out"
+    proc = run_acceptance(repo_root, out, *photo_args(tmp_path))
+    report, table = written(out)
     failed = {r["name"]: r.get("error") for r in report["runs"] if r["status"] != "ok"}
     assert proc.returncode == 0 and not failed, (failed, proc.stdout[-3000:])
     assert {r["part"] for r in report["runs"]} == set(PARTS)
@@ -47,7 +58,7 @@ def test_tiny_cpu_run_of_every_part_writes_json_and_table(repo_root, tmp_path):
     assert report["summary"]["comparable_to_targets"] is False
     assert "| part | run | status |" in table and "| target | goal |" in table
     assert table in proc.stdout  # printed too
-    assert len(list(tmp_path.glob("logs-*/*.log"))) == len(report["runs"])
+    assert len(list(out.glob("logs-*/*.log"))) == len(report["runs"])
 
 
 @pytest.mark.slow
