@@ -1,16 +1,21 @@
 """End to end on real images: does MAE pretraining beat random init for detection and segmentation?
 
     python tools/e2e.py --images /work/shared/data/imagenet-sample --out runs/e2e
-    python tools/e2e.py --quick --generated-stamps --out runs/e2e-quick     # CI-sized, ~1-2 min
+    python tools/e2e.py --quick --generated-stamps --out runs/e2e-quick     # CI-sized, ~2 min
+    python tools/e2e.py ... --pretrained-run runs/e2e/mae --det-channels 32  # ablation, same encoder
 
 Stages (each one the real entry point, run as a subprocess, its output in ``OUT/logs/``):
 
 1. ``images``: the unlabelled photos (``--images``, default ``<repo>/../shared/data/imagenet-sample``)
    are shrunk once to a shorter side of ``--mae-size`` + 25% (``OUT/images/``). Why: on a CPU,
    decoding the full-size JPEGs costs ~15x more than the tiny ViT's training step;
-2. ``dataset``: the annotated set, real cut-outs pasted on the real photos
+2. ``dataset``: the annotated set, real cut-outs pasted on the real photos, plus ``--unlabelled``
+   images made from the train split's cut-outs with no label written
    (``tools/make_paste_dataset.py``; ``--generated-stamps`` uses stand-in shapes for CI);
-3. ``pretrain``: MAE on the shrunk photos (``python -m pretrain.main``), encoder export;
+3. ``pretrain-images`` + ``pretrain``: MAE (``python -m pretrain.main``) on the shrunk photos
+   plus, with ``--mae-data photos+paste`` (the default), the paste set's train and unlabelled
+   images (pixels only: in-domain pretraining); encoder export. ``--pretrained-run DIR`` skips
+   both and fine-tunes from an earlier run's ``mae/`` folder;
 4. fine-tunes, for every seed and both initialisations (``mae``: the exported encoder;
    ``random``: none), with the same recipe and seed: Mask R-CNN (``tools/train_det.py``,
    ``detection/configs/mask_rcnn_vit_mini_e2e.py``) and UperNet (``tools/train_seg.py``,
@@ -20,7 +25,8 @@ Stages (each one the real entry point, run as a subprocess, its output in ``OUT/
    overlays of both initialisations (``tools/demo_det.py``, ``tools/demo_seg.py``) side by side.
 
 Writes ``OUT/results.json`` and ``OUT/results.md`` (one table: pretraining loss start/end, box AP,
-mask AP, mIoU per initialisation, mean and spread over seeds, margin, wall time of each stage) and
+mask AP, mIoU and class-agnostic box AP50 per initialisation, mean and spread over seeds, margin,
+"MAE wins" per metric and overall, frozen-encoder probe, wall time of each stage) and
 ``OUT/pictures/*.png``. A finished stage leaves ``OUT/stages/<name>.json``; ``--resume`` skips
 those, so an interrupted run continues where it stopped. Exits 1, naming the stage and its log,
 if a stage fails, and 3 if a metric is not finite.
@@ -45,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from PIL import Image
 
+from experiment.agnostic_ap import class_agnostic_ap50
 from tools.atomic import atomic_write
 
 DEFAULT_IMAGES = Path(os.environ.get("MAE_TRANSFER_DATA", REPO.parent / "shared" / "data")) \
@@ -52,19 +59,28 @@ DEFAULT_IMAGES = Path(os.environ.get("MAE_TRANSFER_DATA", REPO.parent / "shared"
 DET_CONFIG = "detection/configs/mask_rcnn_vit_mini_e2e.py"
 SEG_CONFIG = "segmentation/configs/upernet_vit-mini_e2e_paste-128x128.py"
 INITS = ("mae", "random")
+#: The claim: MAE init beats random init on each of these.
+CLAIM_METRICS = ("box_AP", "mask_AP", "mIoU")
+#: Also reported with margin and spread: does the detector find the objects at all?
+METRICS = CLAIM_METRICS + ("box_AP50_agnostic",)
 #: The fine-tune configs' training crop (both tasks); the probe sees the images at this size too.
 FINETUNE_CROP = 128
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
-#: Full run (about 25 minutes on 2 CPU cores) and the CI run (about a minute).
+#: Full run (about 70 minutes on 2 CPU cores) and the CI run (about two minutes).
 PRESETS = {
-    "full": dict(arch="vit_mini_patch16", photos=0, mae_size=128, mae_epochs=250, mae_batch=128,
-                 mae_lr=1.5e-3, mae_warmup=10, train=200, val=200, size=160, classes=8,
-                 det_iters=1200, seg_iters=1000),
+    "full": dict(arch="vit_mini_patch16", photos=0, mae_size=128, mae_epochs=150, mae_batch=128,
+                 mae_lr=1.5e-3, mae_warmup=10, mae_data="photos+paste", train=200, val=200,
+                 unlabelled=1000, size=160, classes=8, det_iters=1200, det_channels=64,
+                 det_fc=256, seg_iters=1000),
     "quick": dict(arch="vit_mini_patch16", photos=64, mae_size=64, mae_epochs=2, mae_batch=16,
-                  mae_lr=1.5e-3, mae_warmup=1, train=8, val=4, size=64, classes=3, det_iters=4,
+                  mae_lr=1.5e-3, mae_warmup=1, mae_data="photos+paste", train=8, val=4,
+                  unlabelled=4, size=64, classes=3, det_iters=4, det_channels=32, det_fc=64,
                   seg_iters=4),
 }
+#: What MAE pretrains on: the unlabelled photos only, or the photos plus the paste set's train and
+#: unlabelled images (in-domain pixels: the train split's cut-outs on photos; no label is read).
+MAE_DATA = ("photos", "photos+paste")
 
 
 class StageFailed(RuntimeError):
@@ -176,6 +192,56 @@ def shrink_images(run: Run, src: Path, short_side: int, limit: int = 0) -> Path:
     return dst
 
 
+def pretraining_images(run: Run, photos: Path, mae_data: str) -> Path:
+    """The folder MAE trains on: ``photos`` itself, or (``photos+paste``) a folder holding the
+    photos and the paste set's train and unlabelled images. Only image files are copied: the
+    annotations stay where they are and pretraining never sees them."""
+    if mae_data == "photos":
+        return photos
+    dst = run.out / "pretrain_images"
+    if run.finished("pretrain-images"):
+        return dst
+    start = time.time()
+    tmp = run.out / "pretrain_images.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    paste = run.out / "paste"
+    sources = {"photo": photos, "train": paste / "coco" / "images" / "train",
+               "unlabelled": paste / "unlabelled"}
+    for prefix, folder in sources.items():
+        for path in sorted(folder.glob("*.jpg")) if folder.is_dir() else []:
+            shutil.copyfile(path, tmp / f"{prefix}_{path.name}")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    run.record("pretrain-images", time.time() - start)
+    log(f"pretrain-images: {len(list(dst.glob('*.jpg')))} images in {dst}")
+    return dst
+
+
+def pretrain(run: Run, py: str, cfg: dict, images: Path, n_images: int, mae_dir: Path) -> None:
+    """MAE on ``images`` (two threads; resumable: a killed run continues from its checkpoint)."""
+    steps = max(1, n_images // cfg["mae_batch"])
+    run.stage("pretrain", [
+        py, "-m", "pretrain.main", "--data_path", images, "--model", f"mae_{cfg['arch']}",
+        "--input_size", cfg["mae_size"], "--batch_size", cfg["mae_batch"],
+        "--epochs", cfg["mae_epochs"], "--warmup_epochs", cfg["mae_warmup"],
+        "--lr", cfg["mae_lr"], "--mask_ratio", 0.75, "--norm_pix_loss", "--device", "cpu",
+        "--num_workers", 1, "--log_every", max(1, steps * 10), "--seed", 0,
+        "--save_every", cfg["mae_epochs"], "--vis_every", cfg["mae_epochs"],
+        "--output_dir", mae_dir, "--resume", "auto"], threads=2)
+
+
+def det_overrides(cfg: dict, num_classes: int) -> List[str]:
+    """Detectron2 config overrides shared by training and the demo pictures (the model must be
+    built the same way to load its weights): class count, ViT, pyramid and head widths."""
+    ch, fc = cfg["det_channels"], cfg["det_fc"]
+    return [f"model.roi_heads.num_classes={num_classes}", f"model.backbone.net.name={cfg['arch']}",
+            f"model.backbone.out_channels={ch}",
+            f"model.roi_heads.box_head.conv_dims=[{ch},{ch}]",
+            f"model.roi_heads.box_head.fc_dims=[{fc}]",
+            f"model.roi_heads.mask_head.conv_dims=[{ch},{ch},{ch}]"]
+
+
 def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
                   num_classes: int) -> List[tuple]:
     """(name, command) of every fine-tune: task x seed x init, same recipe for both inits."""
@@ -189,8 +255,7 @@ def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
                        "--dataset", f"paste={coco}", f"train.output_dir={det_out}",
                        f"train.max_iter={n_det}", f"train.eval_period={n_det}",
                        f"train.checkpointer.period={n_det}", f"train.seed={seed}",
-                       f"model.roi_heads.num_classes={num_classes}",
-                       f"model.backbone.net.name={arch}",
+                       *det_overrides(cfg, num_classes),
                        f"train.init_checkpoint={encoder if init == 'mae' else ''}"]
             jobs.append((f"det-{init}-s{seed}", det_cmd))
             seg_out = run.out / "seg" / f"{init}-s{seed}"
@@ -226,7 +291,7 @@ def run_parallel(run: Run, jobs: List[tuple], workers: int) -> None:
         raise failures[0]
 
 
-def pictures(run: Run, py: str, mae_dir: Path, seed: int, workers: int, arch: str,
+def pictures(run: Run, py: str, mae_dir: Path, seed: int, workers: int, cfg: dict,
              count: int = 3) -> Dict[str, str]:
     """Reconstruction grid and side-by-side overlays (random init | MAE init) of ``count`` val
     images for both tasks, as PNGs in ``OUT/pictures``. Detections are drawn from a score of
@@ -239,14 +304,14 @@ def pictures(run: Run, py: str, mae_dir: Path, seed: int, workers: int, arch: st
     photos = photos[::max(1, len(photos) // 6)][:6]
     jobs = [("pictures-recon", [py, "tools/visualize_mae.py", mae_dir / "checkpoint-last.pth",
                                 *photos, "--out", pic / "reconstruction.png", "--device", "cpu"])]
-    det_cfg_classes = f"model.roi_heads.num_classes={num_classes_of(run.out)}"
+    det_cfg = det_overrides(cfg, num_classes_of(run.out))
     coco = run.out / "paste" / "coco"
     for init in INITS:
         jobs.append((f"pictures-det-{init}", [
             py, "tools/demo_det.py", "--config", DET_CONFIG, "--device", "cpu",
             "--weights", run.out / "det" / f"{init}-s{seed}" / "model_final.pth",
             "--input", *val, "--output", pic / f"det-{init}", "--confidence", "0.15",
-            "--dataset", f"paste={coco}", det_cfg_classes, f"model.backbone.net.name={arch}"]))
+            "--dataset", f"paste={coco}", *det_cfg]))
         seg_dir = run.out / "seg" / f"{init}-s{seed}"
         ckpt = (seg_dir / "last_checkpoint").read_text().strip()
         seg_cfg = seg_dir / Path(SEG_CONFIG).name  # the run's own config, overrides included
@@ -293,11 +358,14 @@ def ap_or_zero(value: float) -> float:
 
 
 def finetune_metrics(out: Path, init: str, seed: int) -> Dict[str, float]:
-    det = json.loads((out / "det" / f"{init}-s{seed}" / "coco_eval.json").read_text())["results"]
+    det_dir = out / "det" / f"{init}-s{seed}"
+    det = json.loads((det_dir / "coco_eval.json").read_text())["results"]
     seg = json.loads((out / "seg" / f"{init}-s{seed}" / "val_results" / "latest.json")
                      .read_text())["metrics"]
+    agnostic = class_agnostic_ap50(out / "paste" / "coco" / "annotations" / "instances_val.json",
+                                   det_dir / "inference" / "coco_instances_results.json")
     return {"box_AP": ap_or_zero(det["bbox"]["AP"]), "mask_AP": ap_or_zero(det["segm"]["AP"]),
-            "mIoU": seg["mIoU"]}
+            "mIoU": seg["mIoU"], "box_AP50_agnostic": agnostic}
 
 
 def summarise(values: List[float]) -> Dict[str, float]:
@@ -312,7 +380,7 @@ def compare(per_init: Dict[str, Dict[str, Dict]]) -> Dict[str, Dict]:
     initialisations' standard deviations). ``mae_wins``: the margin is positive and larger than
     that spread; ``ranges_disjoint``: the worst MAE seed beats the best random seed."""
     verdict = {}
-    for metric in ("box_AP", "mask_AP", "mIoU"):
+    for metric in (m for m in METRICS if m in per_init["mae"]):
         m, r = per_init["mae"][metric], per_init["random"][metric]
         margin = m["mean"] - r["mean"]
         spread = max(m["std"], r["std"])
@@ -326,14 +394,21 @@ def markdown(results: dict) -> str:
     per, cmp_, sec = results["finetune"], results["comparison"], results["seconds"]
     seeds = results["seeds"]
     pre = results["pretrain"]
-    lines = [f"MAE pretraining ({pre['model']}, {pre['input_size']} px, {pre['epochs']} epochs on "
-             f"{pre['images']} photos): loss {pre['loss_start']:.4f} -> {pre['loss_end']:.4f} "
-             f"({sec['pretrain']:.0f} s)", "",
+    if pre.get("from_run"):
+        head = (f"MAE encoder ({pre['model']}) from the earlier run {pre['from_run']}: loss "
+                f"{pre['loss_start']:.4f} -> {pre['loss_end']:.4f}")
+    else:
+        data = ("unlabelled photos" if pre["data"] == "photos" else
+                "images: the unlabelled photos + the paste set's train and unlabelled images")
+        head = (f"MAE pretraining ({pre['model']}, {pre['input_size']} px, {pre['epochs']} epochs "
+                f"on {pre['images']} {data}): loss {pre['loss_start']:.4f} -> "
+                f"{pre['loss_end']:.4f} ({sec['pretrain']:.0f} s)")
+    lines = [head, "",
              f"Fine-tunes on the held-out val split, mean ± std over seeds {seeds} "
              f"(per seed in brackets):", "",
              "| metric | random init | MAE init | margin | spread | MAE wins |",
              "|---|---|---|---|---|---|"]
-    for metric in ("box_AP", "mask_AP", "mIoU"):
+    for metric in METRICS:
         cells = []
         for init in ("random", "mae"):
             s = per[init][metric]
@@ -342,6 +417,11 @@ def markdown(results: dict) -> str:
         c = cmp_[metric]
         lines.append(f"| {metric} | {cells[0]} | {cells[1]} | {c['margin']:+.1f} | "
                      f"{c['spread']:.1f} | {'yes' if c['mae_wins'] else 'no'} |")
+    wins = [m for m in CLAIM_METRICS if cmp_[m]["mae_wins"]]
+    lines += ["", f"MAE wins on {len(wins)} of {len(CLAIM_METRICS)} metrics"
+              + (f" ({', '.join(wins)})" if wins else "")
+              + ("" if len(wins) < len(CLAIM_METRICS) else ": MAE wins") + ". (box_AP50_agnostic: "
+              "box AP at IoU 0.5 with the classes merged, whether the objects are found at all.)"]
     probe = results["probe"]
     lines += ["", "Frozen encoder, linear probe of instance features on the val split's unseen "
               "cut-outs (`tools/probe_instances.py`; accuracy ± standard error):", "",
@@ -358,7 +438,8 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collect(run: Run, cfg: dict, seeds: List[int], mae_dir: Path, n_photos: int) -> dict:
+def collect(run: Run, cfg: dict, seeds: List[int], mae_dir: Path, n_images: int,
+            from_run: Optional[Path] = None) -> dict:
     loss_start, loss_end = pretrain_losses(mae_dir)
     per_init = {}
     for init in INITS:
@@ -366,6 +447,7 @@ def collect(run: Run, cfg: dict, seeds: List[int], mae_dir: Path, n_photos: int)
         per_init[init] = {k: summarise([row[k] for row in rows]) for k in rows[0]}
     t = run.timings
     stage_seconds = {"images": t.get("images", 0.0), "dataset": t.get("dataset", 0.0),
+                     "pretrain-images": t.get("pretrain-images", 0.0),
                      "pretrain": t.get("pretrain", 0.0)}
     for task in ("det", "seg"):
         for init in INITS:
@@ -376,15 +458,17 @@ def collect(run: Run, cfg: dict, seeds: List[int], mae_dir: Path, n_photos: int)
     stage_seconds["pictures (wall)"] = t.get("pictures", 0.0)
     # the sum of the stages' wall times (stored in OUT/stages, so a --resume'd run reports the
     # time of the work it kept, not of the resume)
-    stage_seconds["total (wall)"] = sum(t.get(k, 0.0) for k in ("images", "dataset", "pretrain",
-                                                                "finetunes", "probe", "pictures"))
+    stage_seconds["total (wall)"] = sum(t.get(k, 0.0) for k in (
+        "images", "dataset", "pretrain-images", "pretrain", "finetunes", "probe", "pictures"))
     probe = json.loads((run.out / "probe.json").read_text())["results"]
     return {
         "seeds": seeds, "settings": cfg,
         "pretrain": {"model": f"mae_{cfg['arch']}", "input_size": cfg["mae_size"],
-                     "epochs": cfg["mae_epochs"], "images": n_photos,
+                     "epochs": cfg["mae_epochs"], "images": n_images, "data": cfg["mae_data"],
+                     "from_run": str(from_run) if from_run else None,
                      "loss_start": loss_start, "loss_end": loss_end},
         "finetune": per_init, "comparison": compare(per_init),
+        "mae_wins_all": all(compare(per_init)[m]["mae_wins"] for m in CLAIM_METRICS),
         "probe": {"random" if name == "random" else "mae": r for name, r in probe.items()},
         "seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
     }
@@ -414,8 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--generated-stamps", action="store_true",
                     help="stand-in shape cut-outs instead of the Tux Paint photos (no fetch)")
     ap.add_argument("--resume", action="store_true", help="skip the stages already done in OUT")
+    ap.add_argument("--pretrained-run", type=Path, default=None, metavar="DIR",
+                    help="skip pretraining and fine-tune from this earlier e2e run's MAE folder "
+                         "(OUT/mae of it: encoder.safetensors, checkpoint-last.pth, log.txt), "
+                         "e.g. to measure a fine-tuning change against the same encoder")
     for key, value in PRESETS["full"].items():
         ap.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
+                        choices=MAE_DATA if key == "mae_data" else None,
                         help=f"override the preset (full: {value}, quick: "
                              f"{PRESETS['quick'][key]})")
     return ap
@@ -434,22 +523,24 @@ def main(argv=None) -> int:
         photos = shrink_images(run, args.images, round(cfg["mae_size"] * 1.25), cfg["photos"])
         paste = [py, "tools/make_paste_dataset.py", "--out", run.out / "paste",
                  "--backgrounds", photos, "--train", cfg["train"], "--val", cfg["val"],
-                 "--size", cfg["size"], "--classes", cfg["classes"], "--seed", 0]
+                 "--unlabelled", cfg["unlabelled"], "--size", cfg["size"],
+                 "--classes", cfg["classes"], "--seed", 0]
         if args.generated_stamps:
             # stand-in shapes cannot be mistaken for the animals in ImageNet photos
             paste += ["--generated-stamps", run.out / "stamps", "--min-instances", 3,
                       "--keep-lookalike-backgrounds"]
         run.stage("dataset", paste)
-        mae_dir = run.out / "mae"
-        steps = max(1, len(list(photos.glob("*.jpg"))) // cfg["mae_batch"])
-        run.stage("pretrain", [
-            py, "-m", "pretrain.main", "--data_path", photos, "--model", f"mae_{cfg['arch']}",
-            "--input_size", cfg["mae_size"], "--batch_size", cfg["mae_batch"],
-            "--epochs", cfg["mae_epochs"], "--warmup_epochs", cfg["mae_warmup"],
-            "--lr", cfg["mae_lr"], "--mask_ratio", 0.75, "--norm_pix_loss", "--device", "cpu",
-            "--num_workers", 1, "--log_every", max(1, steps * 10), "--seed", 0,
-            "--save_every", cfg["mae_epochs"], "--vis_every", cfg["mae_epochs"],
-            "--output_dir", mae_dir, "--resume", "auto"], threads=2)
+        mae_dir, n_mae_images = run.out / "mae", None
+        if args.pretrained_run is not None:
+            mae_dir = args.pretrained_run.resolve()
+            if not (mae_dir / "encoder.safetensors").is_file():
+                raise StageFailed(f"--pretrained-run {mae_dir}: no encoder.safetensors there "
+                                  f"(give the mae/ folder of an earlier e2e run)")
+            log(f"pretrain: skipped, fine-tuning from {mae_dir}")
+        else:
+            mae_images = pretraining_images(run, photos, cfg["mae_data"])
+            n_mae_images = len(list(mae_images.glob("*.jpg")))
+            pretrain(run, py, cfg, mae_images, n_mae_images, mae_dir)
         encoder = mae_dir / "encoder.safetensors"
         jobs = finetune_jobs(run, py, cfg, seeds, encoder, num_classes_of(run.out))
         if not run.finished("finetunes"):  # wall time of all of them, --jobs at a time
@@ -461,13 +552,13 @@ def main(argv=None) -> int:
                             "random", "--checkpoint", encoder, "--seed", 0,
                             "--out", run.out / "probe.json"], threads=2)
         pic_start = time.time()
-        files = pictures(run, py, mae_dir, seeds[0], args.jobs, cfg["arch"])
+        files = pictures(run, py, mae_dir, seeds[0], args.jobs, cfg)
         if not run.finished("pictures"):
             run.record("pictures", time.time() - pic_start)
     except StageFailed as exc:
         print(f"[e2e] FAILED: {exc}", file=sys.stderr)
         return 1
-    results = collect(run, cfg, seeds, mae_dir, len(list(photos.glob("*.jpg"))))
+    results = collect(run, cfg, seeds, mae_dir, n_mae_images, args.pretrained_run)
     results["files"] = {**files, "encoder": str(encoder)}
     (run.out / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)

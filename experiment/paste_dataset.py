@@ -9,12 +9,15 @@ earlier ones.
 
     python tools/make_paste_dataset.py --out DIR [--backgrounds DIR] [--stamps DIR]
         [--train 200 --val 50 --size 160 --per-image 1-4 --scale 0.3-0.7 --classes 8 --seed 0]
+        [--unlabelled N]
 
 Writes ``DIR/coco`` (COCO instances json, polygons + boxes + visible areas), ``DIR/ade``
 (``ADEChallengeData2016`` label PNGs, 0 = background), ``DIR/dataset.json`` (classes, which
 stamp files went to which split, counts, settings) and ``DIR/pastes.json`` (per image: its
 background photo and the stamps pasted, in order). Train and val share no cut-out and no
-background photo. The same arguments give byte-identical files.
+background photo. The same arguments give byte-identical files. ``--unlabelled N`` adds
+``DIR/unlabelled/*.jpg``: more images made from the train split's cut-outs and backgrounds, with
+no label written anywhere (in-domain data for MAE pretraining); train and val do not change.
 
 Stamps: ``--stamps DIR`` (the ``stamps`` folder or any folder above ``usr/share/tuxpaint/stamps``),
 else the cache ``$MAE_TRANSFER_STAMPS`` or ``~/.cache/mae-transfer/stamps``, filled on first use by
@@ -552,6 +555,10 @@ class BuildConfig:
     stamps_root: Path
     num_train: int = 200
     num_val: int = 50
+    #: extra train-split images written without labels (``DIR/unlabelled/``): in-domain data for
+    #: MAE pretraining. Drawn after train and val with their own seeds, so those two splits are
+    #: the same files with or without them.
+    num_unlabelled: int = 0
     num_classes: int = 8
     min_instances: int = 4
     val_fraction: float = 0.25
@@ -587,18 +594,22 @@ def build(cfg: BuildConfig) -> dict:
     pasted = {split: Counter() for split in counts}
     provenance: Dict[str, Dict[str, dict]] = {split: {} for split in counts}
     lo, hi = cfg.settings.per_image
+
+    def compose(split_idx: int, i: int, pool, bgs):
+        rng = np.random.default_rng([cfg.seed, split_idx, i])
+        bg_path = bgs[i % len(bgs)]
+        background = crop_background(bg_path, cfg.settings.size, rng)
+        picks = []
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            c = int(rng.integers(len(keys)))
+            group = pool[keys[c]]
+            picks.append((c + 1, group[int(rng.integers(len(group)))]))
+        return (bg_path, *compose_image(background, picks, cutouts, cfg.settings, rng))
+
     for split_idx, (split, n_images) in enumerate(counts.items()):
         pool, bgs = by_split[split], bg_split[split]
         for i in range(n_images):
-            rng = np.random.default_rng([cfg.seed, split_idx, i])
-            bg_path = bgs[i % len(bgs)]
-            background = crop_background(bg_path, cfg.settings.size, rng)
-            picks = []
-            for _ in range(int(rng.integers(lo, hi + 1))):
-                c = int(rng.integers(len(keys)))
-                group = pool[keys[c]]
-                picks.append((c + 1, group[int(rng.integers(len(group)))]))
-            image, instances, used = compose_image(background, picks, cutouts, cfg.settings, rng)
+            bg_path, image, instances, used = compose(split_idx, i, pool, bgs)
             pasted[split].update(names[inst.category_id - 1] for inst in instances)
             name = f"{split}_{i:05d}.jpg"
             writer.add(split, name, image, instances)
@@ -611,6 +622,18 @@ def build(cfg: BuildConfig) -> dict:
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
+    if cfg.num_unlabelled:
+        # the train split's cut-outs and backgrounds, other layouts; only the pixels are kept
+        (tmp / "unlabelled").mkdir(parents=True)
+        for i in range(cfg.num_unlabelled):
+            bg_path, image, _, used = compose(len(counts), i, by_split["train"], bg_split["train"])
+            name = f"unlabelled_{i:05d}.jpg"
+            image.save(tmp / "unlabelled" / name, quality=92)
+            provenance.setdefault("unlabelled", {})[name] = {
+                "background": bg_path.relative_to(cfg.backgrounds).as_posix(),
+                "stamps": [st.rel for st in used]}
+            if (i + 1) % 500 == 0 or i + 1 == cfg.num_unlabelled:
+                log.info("unlabelled: %d/%d images composed", i + 1, cfg.num_unlabelled)
     coco = writer.write_coco(tmp / "coco")
     writer.write_ade(tmp / "ade")
     annotated = {split: Counter() for split in counts}
@@ -631,6 +654,8 @@ def build(cfg: BuildConfig) -> dict:
                        "annotations": sum(annotated[s].values()),
                        "annotations_per_class": {n: annotated[s][n] for n in names},
                        "backgrounds": len(bg_split[s])} for s in counts},
+        "unlabelled": {"images": cfg.num_unlabelled, "folder": "unlabelled",
+                       "from": "train cut-outs and backgrounds, labels not written"},
         "backgrounds_left_out": bg_left_out,
         "stamps_left_out": dict(sorted(Counter(skipped.values()).items())),
         "photo_stamps_per_folder": dict(sorted(Counter(s.key for s in stamps).items())),
@@ -695,6 +720,10 @@ def main(argv=None) -> int:
                     help="fetch/extract the stamps into the cache and stop")
     ap.add_argument("--train", type=int, default=200, help="train images")
     ap.add_argument("--val", type=int, default=50, help="val images")
+    ap.add_argument("--unlabelled", type=int, default=0,
+                    help="extra images from the train split's cut-outs, written without labels "
+                         "to DIR/unlabelled (in-domain pretraining data); train and val stay "
+                         "the same files")
     ap.add_argument("--size", type=int, default=160, help="image side (square images)")
     ap.add_argument("--per-image", type=_range, default=(1, 4), help="cut-outs per image: N or LO-HI")
     ap.add_argument("--scale", type=lambda t: _range(t, float), default=(0.3, 0.7),
@@ -715,6 +744,8 @@ def main(argv=None) -> int:
             raise PasteDataError("--out DIR is required (or --fetch-only)")
         if args.train < 1 or args.val < 1 or args.size < 16 or args.classes < 1:
             raise PasteDataError("--train, --val, --classes must be >= 1 and --size >= 16")
+        if args.unlabelled < 0:
+            raise PasteDataError("--unlabelled must be >= 0")
         if args.scale[1] > 1:
             raise PasteDataError(f"--scale: the upper bound is a fraction of the image side "
                                  f"(<= 1), got {args.scale[1]}")
@@ -728,7 +759,8 @@ def main(argv=None) -> int:
             return 0
         settings = PasteSettings(size=args.size, per_image=args.per_image, scale=args.scale)
         build(BuildConfig(out=args.out, backgrounds=args.backgrounds, stamps_root=root,
-                          num_train=args.train, num_val=args.val, num_classes=args.classes,
+                          num_train=args.train, num_val=args.val,
+                          num_unlabelled=args.unlabelled, num_classes=args.classes,
                           min_instances=args.min_instances, val_fraction=args.val_fraction,
                           seed=args.seed, keep_lookalikes=args.keep_lookalike_backgrounds,
                           settings=settings))

@@ -7,7 +7,7 @@ from PIL import Image
 
 from experiment.driver import INITS, main
 
-STAGES = ["images", "dataset", "pretrain", "finetunes", "probe", "pictures", "pictures-recon"] + [
+STAGES = ["images", "dataset", "pretrain-images", "pretrain", "finetunes", "probe", "pictures", "pictures-recon"] + [
     f"{kind}-{init}" for kind in ("det", "seg", "pictures-det", "pictures-seg") for init in INITS]
 
 
@@ -24,19 +24,27 @@ def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp
 
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0]
-    assert results["pretrain"]["images"] == 16
+    # in-domain pretraining: the 16 photos + the paste set's 8 train and 4 unlabelled images,
+    # pixels only (no annotation file is copied)
+    assert results["pretrain"]["images"] == 16 + 8 + 4
+    pool = sorted(p.name for p in (out / "pretrain_images").iterdir())
+    assert len(pool) == 28 and all(n.endswith(".jpg") for n in pool)
+    assert sum(n.startswith("unlabelled_unlabelled_") for n in pool) == 4
+    assert sum(n.startswith("train_train_") for n in pool) == 8
     assert results["pretrain"]["model"] == f"mae_{arch}"
     numbers = [results["pretrain"]["loss_start"], results["pretrain"]["loss_end"]]
     for init in INITS:
-        for metric in ("box_AP", "mask_AP", "mIoU"):
+        for metric in ("box_AP", "mask_AP", "mIoU", "box_AP50_agnostic"):
             assert len(results["finetune"][init][metric]["per_seed"]) == 1
             numbers += results["finetune"][init][metric]["per_seed"]
     assert all(math.isfinite(v) for v in numbers)
     assert 0 <= results["finetune"]["mae"]["mIoU"]["mean"] <= 100
-    assert set(results["comparison"]) == {"box_AP", "mask_AP", "mIoU"}
+    assert set(results["comparison"]) == {"box_AP", "mask_AP", "mIoU", "box_AP50_agnostic"}
+    assert results["mae_wins_all"] == all(results["comparison"][m]["mae_wins"]
+                                          for m in ("box_AP", "mask_AP", "mIoU"))
     seconds = results["seconds"]  # rounded to 0.1 s: the in-process image copy may show 0.0
     assert all(v >= 0 for v in seconds.values())
-    assert all(seconds[k] > 0 for k in seconds if k.split("-")[0] in ("pretrain", "det", "seg")
+    assert all(seconds[k] > 0 for k in seconds if k == "pretrain" or k.startswith(("det-", "seg-"))
                or "wall" in k)
 
     # the frozen-encoder probe scored every val instance, for both initialisations
@@ -65,6 +73,7 @@ def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp
         assert grid.size == (2 * one.width + 4, 3 * one.height + 8)
     md = (out / "results.md").read_text()
     assert "| box_AP |" in md and "| mIoU |" in md and "| pretrain |" in md
+    assert "| box_AP50_agnostic |" in md and "MAE wins on " in md
     assert "| mae |" in md and "| probe |" in md
     assert "| box_AP |" in capsys.readouterr().out
 
@@ -74,3 +83,16 @@ def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp
     after = json.loads((out / "results.json").read_text())
     assert after["finetune"] == json.loads(before)["finetune"]
     assert after["seconds"] == json.loads(before)["seconds"]
+
+    if arch != "vit_mini_patch16":
+        return
+    # --pretrained-run: fine-tunes from the first run's encoder; nothing is pretrained again
+    other = tmp_path / "from-encoder"
+    assert main(["--quick", "--generated-stamps", "--images", str(image_folder), "--out",
+                 str(other), "--photos", "16", "--pretrained-run", str(out / "mae")]) == 0
+    assert not (other / "mae").exists() and not (other / "stages" / "pretrain.json").exists()
+    reused = json.loads((other / "results.json").read_text())
+    assert reused["pretrain"]["from_run"] == str(out / "mae")
+    assert reused["pretrain"]["loss_end"] == results["pretrain"]["loss_end"]
+    assert f"{out / 'mae' / 'encoder.safetensors'} -> model.backbone.net: 0 missing keys" in \
+        (other / "logs" / "det-mae-s0.log").read_text()

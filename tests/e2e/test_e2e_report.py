@@ -36,3 +36,26 @@ def test_no_predictions_count_as_zero_ap():
     assert ap_or_zero(float("nan")) == 0.0
     assert ap_or_zero(None) == 0.0
     assert ap_or_zero(12.5) == 12.5
+
+
+def test_det_overrides_build_the_detector_with_the_asked_widths():
+    """The e2e run's head-width settings reach the model (training and the demo pictures share
+    them, so the demo can load the trained weights)."""
+    import detection.compat  # noqa: F401  (before any detectron2 import)
+    from detectron2.config import LazyConfig, instantiate
+
+    from experiment.driver import DET_CONFIG, REPO, det_overrides
+
+    cfg = dict(arch="vit_mini_patch16", det_channels=48, det_fc=96)
+    overrides = det_overrides(cfg, num_classes=5)
+    model = instantiate(LazyConfig.apply_overrides(LazyConfig.load(str(REPO / DET_CONFIG)),
+                                                   overrides).model)
+    heads = model.roi_heads
+    assert model.backbone.output_shape()["p2"].channels == 48
+    assert heads.box_head.fc1.out_features == 96
+    assert [m.out_channels for m in heads.box_head.conv_norm_relus] == [48, 48]
+    assert heads.box_predictor.cls_score.out_features == 5 + 1
+    assert heads.mask_head.predictor.out_channels == 5
+    # Detectron2's mask head: conv_dims[:-1] are the convs, the last is the upsampling deconv
+    assert [m.out_channels for m in heads.mask_head.conv_norm_relus] == [48, 48]
+    assert heads.mask_head.deconv.out_channels == 48
