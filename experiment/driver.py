@@ -461,14 +461,15 @@ def collect(run: Run, cfg: dict, seeds: List[int], mae_dir: Path, n_images: int,
     stage_seconds["total (wall)"] = sum(t.get(k, 0.0) for k in (
         "images", "dataset", "pretrain-images", "pretrain", "finetunes", "probe", "pictures"))
     probe = json.loads((run.out / "probe.json").read_text())["results"]
+    comparison = compare(per_init)
     return {
         "seeds": seeds, "settings": cfg,
         "pretrain": {"model": f"mae_{cfg['arch']}", "input_size": cfg["mae_size"],
                      "epochs": cfg["mae_epochs"], "images": n_images, "data": cfg["mae_data"],
                      "from_run": str(from_run) if from_run else None,
                      "loss_start": loss_start, "loss_end": loss_end},
-        "finetune": per_init, "comparison": compare(per_init),
-        "mae_wins_all": all(compare(per_init)[m]["mae_wins"] for m in CLAIM_METRICS),
+        "finetune": per_init, "comparison": comparison,
+        "mae_wins_all": all(comparison[m]["mae_wins"] for m in CLAIM_METRICS),
         "probe": {"random" if name == "random" else "mae": r for name, r in probe.items()},
         "seconds": {k: round(v, 1) for k, v in stage_seconds.items()},
     }

@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-from tools.annotated_sets import AnnotatedSetWriter, Instance, rasterise
+from tools.annotated_sets import JPEG_QUALITY, AnnotatedSetWriter, Instance, rasterise
 from tools.image_inputs import is_image
 
 log = logging.getLogger("mae_transfer.paste")
@@ -595,6 +595,11 @@ def build(cfg: BuildConfig) -> dict:
     provenance: Dict[str, Dict[str, dict]] = {split: {} for split in counts}
     lo, hi = cfg.settings.per_image
 
+    def record(bg_path: Path, used: Sequence[Stamp]) -> dict:
+        """pastes.json entry of one image: its background photo and its stamps in paste order."""
+        return {"background": bg_path.relative_to(cfg.backgrounds).as_posix(),
+                "stamps": [st.rel for st in used]}
+
     def compose(split_idx: int, i: int, pool, bgs):
         rng = np.random.default_rng([cfg.seed, split_idx, i])
         bg_path = bgs[i % len(bgs)]
@@ -613,9 +618,7 @@ def build(cfg: BuildConfig) -> dict:
             pasted[split].update(names[inst.category_id - 1] for inst in instances)
             name = f"{split}_{i:05d}.jpg"
             writer.add(split, name, image, instances)
-            provenance[split][name] = {
-                "background": bg_path.relative_to(cfg.backgrounds).as_posix(),
-                "stamps": [st.rel for st in used]}
+            provenance[split][name] = record(bg_path, used)
             if (i + 1) % 100 == 0 or i + 1 == n_images:
                 log.info("%s: %d/%d images composed", split, i + 1, n_images)
 
@@ -628,10 +631,8 @@ def build(cfg: BuildConfig) -> dict:
         for i in range(cfg.num_unlabelled):
             bg_path, image, _, used = compose(len(counts), i, by_split["train"], bg_split["train"])
             name = f"unlabelled_{i:05d}.jpg"
-            image.save(tmp / "unlabelled" / name, quality=92)
-            provenance.setdefault("unlabelled", {})[name] = {
-                "background": bg_path.relative_to(cfg.backgrounds).as_posix(),
-                "stamps": [st.rel for st in used]}
+            image.save(tmp / "unlabelled" / name, quality=JPEG_QUALITY)
+            provenance.setdefault("unlabelled", {})[name] = record(bg_path, used)
             if (i + 1) % 500 == 0 or i + 1 == cfg.num_unlabelled:
                 log.info("unlabelled: %d/%d images composed", i + 1, cfg.num_unlabelled)
     coco = writer.write_coco(tmp / "coco")

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 ADE_SPLITS = {"train": "training", "val": "validation"}
+#: JPEG quality of every image written (labelled or not), so all splits share one encoding.
+JPEG_QUALITY = 92
 Polygon = List[Tuple[float, float]]
 
 
@@ -82,7 +84,7 @@ class AnnotatedSetWriter:
             img_dir.mkdir(parents=True, exist_ok=True)
             images, anns = [], []
             for image_id, (name, image, instances) in enumerate(items, start=1):
-                image.save(img_dir / name, quality=92)
+                image.save(img_dir / name, quality=JPEG_QUALITY)
                 w, h = image.size
                 images.append({"id": image_id, "file_name": name, "width": w, "height": h})
                 for inst, mask in zip(instances, visible_masks(instances, (w, h))):
@@ -115,7 +117,7 @@ class AnnotatedSetWriter:
             (base / "annotations" / sub).mkdir(parents=True, exist_ok=True)
             for name, image, instances in items:
                 stem = Path(name).stem
-                image.save(base / "images" / sub / f"{stem}.jpg", quality=92)
+                image.save(base / "images" / sub / f"{stem}.jpg", quality=JPEG_QUALITY)
                 Image.fromarray(label_map(instances, image.size)).save(
                     base / "annotations" / sub / f"{stem}.png")
         (base / "classes.txt").write_text("\n".join(self.categories) + "\n")
