@@ -3,6 +3,7 @@
     python tools/e2e.py --images /work/shared/data/imagenet-sample --out runs/e2e
     python tools/e2e.py --quick --generated-stamps --out runs/e2e-quick     # CI-sized, ~2 min
     python tools/e2e.py ... --pretrained-run runs/e2e/mae --det-channels 32  # ablation, same encoder
+    python tools/e2e.py ... --mae-epochs 75 --baseline-run runs/e2e  # ablation of pretraining
 
 Stages (each one the real entry point, run as a subprocess, its output in ``OUT/logs/``):
 
@@ -15,7 +16,9 @@ Stages (each one the real entry point, run as a subprocess, its output in ``OUT/
 3. ``pretrain-images`` + ``pretrain``: MAE (``python -m pretrain.main``) on the shrunk photos
    plus, with ``--mae-data photos+paste`` (the default), the paste set's train and unlabelled
    images (pixels only: in-domain pretraining); encoder export. ``--pretrained-run DIR`` skips
-   both and fine-tunes from an earlier run's ``mae/`` folder;
+   both and fine-tunes from an earlier run's ``mae/`` folder; ``--baseline-run DIR`` takes over
+   an earlier run's photos, annotated set and random-init fine-tunes (which do not depend on
+   pretraining), so an ablation of pretraining trains only the MAE side;
 4. fine-tunes, for every seed and both initialisations (``mae``: the exported encoder;
    ``random``: none), with the same recipe and seed: Mask R-CNN (``tools/train_det.py``,
    ``detection/configs/mask_rcnn_vit_mini_e2e.py``) and UperNet (``tools/train_seg.py``,
@@ -81,6 +84,9 @@ PRESETS = {
 #: What MAE pretrains on: the unlabelled photos only, or the photos plus the paste set's train and
 #: unlabelled images (in-domain pixels: the train split's cut-outs on photos; no label is read).
 MAE_DATA = ("photos", "photos+paste")
+#: Settings that change only how MAE pretrains. Everything else in a preset shapes the photos,
+#: the annotated set or the fine-tunes, so a --baseline-run must agree on it.
+PRETRAIN_ONLY = ("mae_epochs", "mae_batch", "mae_lr", "mae_warmup", "mae_data")
 
 
 class StageFailed(RuntimeError):
@@ -93,6 +99,8 @@ class Run:
     out: Path
     resume: bool
     timings: Dict[str, float] = field(default_factory=dict)
+    #: stages taken over from a --baseline-run: done, whether or not --resume is given
+    reused: set = field(default_factory=set)
 
     @property
     def logs(self) -> Path:
@@ -111,7 +119,7 @@ class Run:
     def finished(self, name: str) -> bool:
         """True (and the recorded time restored) when ``--resume`` finds the stage done."""
         marker = self.done_marker(name)
-        if self.resume and marker.is_file():
+        if (self.resume or name in self.reused) and marker.is_file():
             self.timings[name] = json.loads(marker.read_text())["seconds"]
             log(f"{name}: already done ({marker}), skipped")
             return True
@@ -190,6 +198,49 @@ def shrink_images(run: Run, src: Path, short_side: int, limit: int = 0) -> Path:
     run.record("images", time.time() - start)
     log(f"images: {written} photos at shorter side {short_side} px in {dst}")
     return dst
+
+
+def reuse_baseline(run: Run, baseline: Path, cfg: dict, seeds: List[int]) -> None:
+    """Take over the photos, the annotated set and the random-init fine-tunes of an earlier run.
+
+    Why: random init does not depend on pretraining, and every fine-tune is deterministic, so
+    an ablation of pretraining (its data, its length) needs to train only the MAE-init side,
+    which halves its cost. The earlier run must agree on every setting outside
+    ``PRETRAIN_ONLY`` and hold every seed asked for; its photos and annotated set are copied too
+    (this run's ``--images`` is then not read), so both sides see the very same data."""
+    results_file = baseline / "results.json"
+    if not results_file.is_file():
+        raise StageFailed(f"--baseline-run {baseline}: no results.json there (give the OUT folder "
+                          f"of a finished e2e run)")
+    before = json.loads(results_file.read_text())
+    differ = [f"{key} {before['settings'].get(key)!r} (here {value!r})"
+              for key, value in cfg.items()
+              if key not in PRETRAIN_ONLY and before["settings"].get(key) != value]
+    if differ:
+        raise StageFailed(f"--baseline-run {baseline}: its random-init fine-tunes were made with "
+                          f"other settings: {', '.join(differ)}")
+    absent = [s for s in seeds if s not in before["seeds"]]
+    if absent:
+        raise StageFailed(f"--baseline-run {baseline}: no fine-tunes of seed(s) {absent} there "
+                          f"(it has {before['seeds']})")
+    folders = {"images": ["images"], "dataset": ["paste"]}
+    for seed in seeds:
+        folders[f"det-random-s{seed}"] = ["det", f"random-s{seed}"]
+        folders[f"seg-random-s{seed}"] = ["seg", f"random-s{seed}"]
+    for name, parts in folders.items():
+        src, dst = baseline.joinpath(*parts), run.out.joinpath(*parts)
+        marker = baseline / "stages" / f"{name}.json"
+        if not (src.is_dir() and marker.is_file()):
+            raise StageFailed(f"--baseline-run {baseline}: stage {name} is not finished there "
+                              f"({src})")
+        if not run.done_marker(name).is_file():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+            run.done_marker(name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(marker, run.done_marker(name))
+        run.reused.add(name)
+    log(f"baseline: photos, annotated set and random-init fine-tunes (seeds {seeds}) taken over "
+        f"from {baseline}")
 
 
 def pretraining_images(run: Run, photos: Path, mae_data: str) -> Path:
@@ -403,8 +454,12 @@ def markdown(results: dict) -> str:
         head = (f"MAE pretraining ({pre['model']}, {pre['input_size']} px, {pre['epochs']} epochs "
                 f"on {pre['images']} {data}): loss {pre['loss_start']:.4f} -> "
                 f"{pre['loss_end']:.4f} ({sec['pretrain']:.0f} s)")
-    lines = [head, "",
-             f"Fine-tunes on the held-out val split, mean ± std over seeds {seeds} "
+    lines = [head, ""]
+    if results.get("baseline_run"):
+        lines += [f"Photos, annotated set and random-init fine-tunes taken over from the earlier "
+                  f"run {results['baseline_run']} (random init does not depend on pretraining; "
+                  f"their seconds below are that run's).", ""]
+    lines += [f"Fine-tunes on the held-out val split, mean ± std over seeds {seeds} "
              f"(per seed in brackets):", "",
              "| metric | random init | MAE init | margin | spread | MAE wins |",
              "|---|---|---|---|---|---|"]
@@ -439,7 +494,7 @@ def markdown(results: dict) -> str:
 
 
 def collect(run: Run, cfg: dict, seeds: List[int], mae_dir: Path, n_images: int,
-            from_run: Optional[Path] = None) -> dict:
+            from_run: Optional[Path] = None, baseline: Optional[Path] = None) -> dict:
     loss_start, loss_end = pretrain_losses(mae_dir)
     per_init = {}
     for init in INITS:
@@ -468,6 +523,7 @@ def collect(run: Run, cfg: dict, seeds: List[int], mae_dir: Path, n_images: int,
                      "epochs": cfg["mae_epochs"], "images": n_images, "data": cfg["mae_data"],
                      "from_run": str(from_run) if from_run else None,
                      "loss_start": loss_start, "loss_end": loss_end},
+        "baseline_run": str(baseline) if baseline else None,
         "finetune": per_init, "comparison": comparison,
         "mae_wins_all": all(comparison[m]["mae_wins"] for m in CLAIM_METRICS),
         "probe": {"random" if name == "random" else "mae": r for name, r in probe.items()},
@@ -503,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip pretraining and fine-tune from this earlier e2e run's MAE folder "
                          "(OUT/mae of it: encoder.safetensors, checkpoint-last.pth, log.txt), "
                          "e.g. to measure a fine-tuning change against the same encoder")
+    ap.add_argument("--baseline-run", type=Path, default=None, metavar="DIR",
+                    help="take over the photos, annotated set and random-init fine-tunes of this "
+                         "earlier e2e run (its OUT folder; same settings except pretraining's), so "
+                         "an ablation of pretraining trains only the MAE side; --images is not read")
     for key, value in PRESETS["full"].items():
         ap.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
                         choices=MAE_DATA if key == "mae_data" else None,
@@ -521,6 +581,8 @@ def main(argv=None) -> int:
     run.load_markers()
     py = sys.executable
     try:
+        if args.baseline_run is not None:
+            reuse_baseline(run, args.baseline_run.resolve(), cfg, seeds)
         photos = shrink_images(run, args.images, round(cfg["mae_size"] * 1.25), cfg["photos"])
         paste = [py, "tools/make_paste_dataset.py", "--out", run.out / "paste",
                  "--backgrounds", photos, "--train", cfg["train"], "--val", cfg["val"],
@@ -559,7 +621,8 @@ def main(argv=None) -> int:
     except StageFailed as exc:
         print(f"[e2e] FAILED: {exc}", file=sys.stderr)
         return 1
-    results = collect(run, cfg, seeds, mae_dir, n_mae_images, args.pretrained_run)
+    results = collect(run, cfg, seeds, mae_dir, n_mae_images, args.pretrained_run,
+                      args.baseline_run and args.baseline_run.resolve())
     results["files"] = {**files, "encoder": str(encoder)}
     (run.out / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)

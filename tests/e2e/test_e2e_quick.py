@@ -5,7 +5,7 @@ import math
 import pytest
 from PIL import Image
 
-from experiment.driver import INITS, main
+from experiment.driver import INITS, PRESETS, main
 
 STAGES = ["images", "dataset", "pretrain-images", "pretrain", "finetunes", "probe", "pictures", "pictures-recon"] + [
     f"{kind}-{init}" for kind in ("det", "seg", "pictures-det", "pictures-seg") for init in INITS]
@@ -96,3 +96,38 @@ def test_quick_pipeline_runs_every_stage_and_writes_every_file(image_folder, tmp
     assert reused["pretrain"]["loss_end"] == results["pretrain"]["loss_end"]
     assert f"{out / 'mae' / 'encoder.safetensors'} -> model.backbone.net: 0 missing keys" in \
         (other / "logs" / "det-mae-s0.log").read_text()
+
+    # --baseline-run: an ablation of pretraining (here: photos only, one epoch) takes over the
+    # first run's photos, annotated set and random-init fine-tunes and trains only the MAE side
+    ablation = tmp_path / "ablation"
+    assert main(["--quick", "--generated-stamps", "--images", str(tmp_path / "absent"), "--out",
+                 str(ablation), "--photos", "16", "--mae-data", "photos", "--mae-epochs", "1",
+                 "--baseline-run", str(out)]) == 0
+    abl = json.loads((ablation / "results.json").read_text())
+    assert abl["baseline_run"] == str(out)
+    assert abl["finetune"]["random"] == results["finetune"]["random"]
+    assert abl["pretrain"]["images"] == 16 and abl["pretrain"]["epochs"] == 1
+    assert abl["pretrain"]["loss_end"] != results["pretrain"]["loss_end"]
+    logs = {p.name for p in (ablation / "logs").iterdir()}
+    assert {"pretrain.log", "det-mae-s0.log", "seg-mae-s0.log"} <= logs
+    assert not logs & {"dataset.log", "det-random-s0.log", "seg-random-s0.log"}
+    assert (ablation / "det" / "random-s0" / "model_final.pth").is_file()
+    assert "taken over from the earlier run" in (ablation / "results.md").read_text()
+
+
+def test_baseline_run_with_other_finetune_settings_is_refused(tmp_path, capsys):
+    """A baseline made with another detector schedule would compare unlike fine-tunes."""
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    settings = dict(PRESETS["quick"], det_iters=8, mae_epochs=5)
+    (baseline / "results.json").write_text(json.dumps({"settings": settings, "seeds": [0]}))
+    assert main(["--quick", "--out", str(tmp_path / "out"), "--baseline-run", str(baseline)]) == 1
+    err = capsys.readouterr().err
+    assert "det_iters 8 (here 4)" in err and "mae_epochs" not in err
+    assert not (tmp_path / "out" / "images").exists()
+    # the right settings but a seed the baseline never ran
+    settings["det_iters"] = 4
+    (baseline / "results.json").write_text(json.dumps({"settings": settings, "seeds": [0]}))
+    assert main(["--quick", "--out", str(tmp_path / "out"), "--seeds", "0", "1",
+                 "--baseline-run", str(baseline)]) == 1
+    assert "no fine-tunes of seed(s) [1]" in capsys.readouterr().err
