@@ -208,6 +208,10 @@ def reuse_baseline(run: Run, baseline: Path, cfg: dict, seeds: List[int]) -> Non
     which halves its cost. The earlier run must agree on every setting outside
     ``PRETRAIN_ONLY`` and hold every seed asked for; its photos and annotated set are copied too
     (this run's ``--images`` is then not read), so both sides see the very same data."""
+    if baseline == run.out:
+        raise StageFailed(f"--baseline-run {baseline} is this run's own --out: give the earlier "
+                          f"run's folder and a new --out (its folders would be replaced by "
+                          f"themselves)")
     results_file = baseline / "results.json"
     if not results_file.is_file():
         raise StageFailed(f"--baseline-run {baseline}: no results.json there (give the OUT folder "
@@ -233,7 +237,9 @@ def reuse_baseline(run: Run, baseline: Path, cfg: dict, seeds: List[int]) -> Non
         if not (src.is_dir() and marker.is_file()):
             raise StageFailed(f"--baseline-run {baseline}: stage {name} is not finished there "
                               f"({src})")
-        if not run.done_marker(name).is_file():
+        # a resumed ablation keeps what it took over before; otherwise (as every stage without
+        # --resume) it is taken over afresh, never left from an earlier run in the same OUT
+        if not (run.resume and run.done_marker(name).is_file()):
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(src, dst)
             run.done_marker(name).parent.mkdir(parents=True, exist_ok=True)

@@ -131,3 +131,9 @@ def test_baseline_run_with_other_finetune_settings_is_refused(tmp_path, capsys):
     assert main(["--quick", "--out", str(tmp_path / "out"), "--seeds", "0", "1",
                  "--baseline-run", str(baseline)]) == 1
     assert "no fine-tunes of seed(s) [1]" in capsys.readouterr().err
+    # the baseline's own folder as --out: refused before anything of it is replaced
+    (baseline / "images").mkdir()
+    (baseline / "images" / "photo.jpg").write_bytes(b"kept")
+    assert main(["--quick", "--out", str(baseline), "--baseline-run", str(baseline)]) == 1
+    assert "is this run's own --out" in capsys.readouterr().err
+    assert (baseline / "images" / "photo.jpg").read_bytes() == b"kept"
