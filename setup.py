@@ -5,6 +5,23 @@ pip metadata cannot express, so they are handled by that script rather than ``in
 """
 from setuptools import find_packages, setup
 
+#: the top-level folders that install as ``mae_transfer.<name>``: one import name, like timm,
+#: detectron2 and mmseg, so that no generic ``tools`` or ``detection`` lands on a user's path.
+SUBPACKAGES = ("backbones", "tools", "pretrain", "detection", "segmentation", "experiment")
+
+
+def mapped_packages():
+    """``mae_transfer`` and every package below the folders above, each mapped to its folder."""
+    packages, package_dir = ["mae_transfer"], {"mae_transfer": "mae_transfer"}
+    for top in SUBPACKAGES:
+        for name in [top] + [f"{top}.{sub}" for sub in find_packages(top)]:
+            packages.append(f"mae_transfer.{name}")
+            package_dir[f"mae_transfer.{name}"] = name.replace(".", "/")
+    return packages, package_dir
+
+
+PACKAGES, PACKAGE_DIR = mapped_packages()
+
 setup(
     name="mae-transfer",
     version="0.1.0",
@@ -12,10 +29,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["backbones*", "pretrain*", "detection*", "segmentation*",
-                                    "tools*", "experiment*"]),
-    package_data={"detection": ["configs/*.py", "configs/common/*.py"],
-                  "segmentation": ["configs/*.py"]},
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data={"mae_transfer.detection": ["configs/*.py", "configs/common/*.py"],
+                  "mae_transfer.segmentation": ["configs/*.py"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

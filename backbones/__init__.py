@@ -2,7 +2,7 @@
 
 Framework-free: imports neither Detectron2 nor MMSegmentation.
 """
-from backbones.vit import VIT_ARCHS, VisionTransformer, build_vit
-from backbones.loading import load_pretrained
+from mae_transfer.backbones.vit import VIT_ARCHS, VisionTransformer, build_vit
+from mae_transfer.backbones.loading import load_pretrained
 
 __all__ = ["VIT_ARCHS", "VisionTransformer", "build_vit", "load_pretrained"]

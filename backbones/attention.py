@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones.pos_embed import beit_rel_pos_index, beit_table_rows, resize_rel_pos
+from mae_transfer.backbones.pos_embed import beit_rel_pos_index, beit_table_rows, resize_rel_pos
 
 
 def _rel_index(q_len: int, k_len: int, table: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from backbones.pos_embed import beit_rel_pos_index, beit_table_rows
+from mae_transfer.backbones.pos_embed import beit_rel_pos_index, beit_table_rows
 
 StateDict = Dict[str, torch.Tensor]
 

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from backbones.beit_layout import from_mmseg_beit, is_mmseg_beit, normalize_beit_quirks
+from mae_transfer.backbones.beit_layout import from_mmseg_beit, is_mmseg_beit, normalize_beit_quirks
 
 StateDict = Dict[str, torch.Tensor]
 META_KEY = "mae_transfer"

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones.layers import LayerNorm2d, pyramid_scales, resampler
+from mae_transfer.backbones.layers import LayerNorm2d, pyramid_scales, resampler
 
 #: ViTDet's factors on a stride-16 map: strides 4, 8, 16, 32 (+ one extra level: 64).
 VITDET_SCALES = pyramid_scales(16)

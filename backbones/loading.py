@@ -17,10 +17,10 @@ from typing import Iterable, Iterator, List
 
 import torch
 
-from backbones.checkpoint_files import (CheckpointError, StateDict, describe_architecture,
+from mae_transfer.backbones.checkpoint_files import (CheckpointError, StateDict, describe_architecture,
                                         describe_layout, meta_grid, read_checkpoint,
                                         split_encoder)
-from backbones.pos_embed import (infer_grid, resize_beit_table, resize_patch_kernel,
+from mae_transfer.backbones.pos_embed import (infer_grid, resize_beit_table, resize_patch_kernel,
                                  resize_pos_embed, resize_rel_pos)
 
 #: Block tensors that fine-tuning adds to a pretrained ViT (relative-position tables, layer scale):

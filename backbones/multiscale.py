@@ -20,7 +20,7 @@ from typing import Callable, List, Sequence
 import torch
 import torch.nn as nn
 
-from backbones.layers import pyramid_scales, resampler
+from mae_transfer.backbones.layers import pyramid_scales, resampler
 
 #: The UperNet pyramid from stride-16 maps: strides 4, 8, 16, 32.
 UPERNET_SCALES = pyramid_scales(16)

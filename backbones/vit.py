@@ -23,8 +23,8 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from backbones.attention import Attention
-from backbones.pos_embed import resize_pos_embed, sincos_2d
+from mae_transfer.backbones.attention import Attention
+from mae_transfer.backbones.pos_embed import resize_pos_embed, sincos_2d
 
 #: Named architectures: (patch_size, embed_dim, depth, num_heads). Tiny/mini exist for CPU runs.
 VIT_ARCHS: Dict[str, Dict[str, int]] = {

@@ -148,7 +148,7 @@ def plan(args, stamp: str) -> List[Run]:
 
 def entry_runs(args, s, res: Path, photos: Optional[Path]) -> List[Run]:
     """A few iterations of each training entry point, on the device, with its GPU options."""
-    from tools.synthetic_data import make_shapes_dataset
+    from mae_transfer.tools.synthetic_data import make_shapes_dataset
 
     cpu = args.device == "cpu"
     shapes = res / "shapes"

@@ -37,9 +37,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from pretrain.device_decode import batch_pixels  # noqa: E402
-from pretrain.main import build_optimizer  # noqa: E402
-from pretrain.model import MAE_MODELS, build_mae  # noqa: E402
+from mae_transfer.pretrain.device_decode import batch_pixels  # noqa: E402
+from mae_transfer.pretrain.main import build_optimizer  # noqa: E402
+from mae_transfer.pretrain.model import MAE_MODELS, build_mae  # noqa: E402
 
 #: Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets), by a substring of the name.
 PEAK_BF16_TFLOPS = {"GH200": 989.4, "H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4,
@@ -151,8 +151,8 @@ def build_loader(args, num_patches: int, batches: int):
     """The training data loader of ``pretrain/`` over ``--data_path``, cycling through the
     photos for ``batches`` batches (JPEG bytes, decoded on the device, with
     ``--decode_on_device``)."""
-    from pretrain.data import ResumableSampler
-    from pretrain.device_decode import dataset_class, make_loader
+    from mae_transfer.pretrain.data import ResumableSampler
+    from mae_transfer.pretrain.device_decode import dataset_class, make_loader
 
     ds = dataset_class(args.decode_on_device)(args.data_path, args.input_size, num_patches)
     sampler = ResumableSampler(len(ds), args.batch_size, steps_per_epoch=batches)
@@ -197,7 +197,7 @@ def time_loader(args, num_patches: int, device: torch.device) -> Dict[str, float
 
 def time_end_to_end(model, args, device: torch.device) -> Dict[str, float]:
     """Images/s of training steps fed by the real loader from JPEG files (warm-up excluded)."""
-    from pretrain.data import normalize_batch
+    from mae_transfer.pretrain.data import normalize_batch
 
     step = make_step(model, args, device)
     loader = build_loader(args, model.num_patches, args.warmup + args.steps)

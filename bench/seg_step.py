@@ -81,8 +81,8 @@ def fake_batch(batch: int, size: int, seed: int = 0) -> dict:
 
 
 def child(args) -> dict:
-    from segmentation import compat  # noqa: F401
-    import segmentation  # noqa: F401
+    from mae_transfer.segmentation import compat  # noqa: F401
+    import mae_transfer.segmentation  # noqa: F401
     import torch
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
     from mmengine.registry import init_default_scope

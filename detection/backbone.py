@@ -14,13 +14,13 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
-import detection.compat  # noqa: F401  (before any detectron2 import)
+import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
-from backbones.feature_pyramid import SimpleFeaturePyramid
-from backbones.layers import LayerNorm2d, pyramid_scales
-from backbones.vit import VisionTransformer
+from mae_transfer.backbones.feature_pyramid import SimpleFeaturePyramid
+from mae_transfer.backbones.layers import LayerNorm2d, pyramid_scales
+from mae_transfer.backbones.vit import VisionTransformer
 
 
 class ViTDetBackbone(Backbone):

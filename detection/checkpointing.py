@@ -20,12 +20,12 @@ from typing import List, Optional
 
 import torch
 
-import detection.compat  # noqa: F401  (before any detectron2 import)
+import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.checkpoint import DetectionCheckpointer
 
-from backbones.loading import LoadReport, check_coverage, load_state
-from tools.atomic import atomic_write
-from tools.checkpoints import CheckpointError, read_checkpoint, strip_ddp_prefix
+from mae_transfer.backbones.loading import LoadReport, check_coverage, load_state
+from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.tools.checkpoints import CheckpointError, read_checkpoint, strip_ddp_prefix
 
 logger = logging.getLogger("mae_transfer.detection")
 

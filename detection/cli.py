@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from detection.datasets import (DEFAULT_ON_INVALID, INVALID_MODES, DatasetError,
+from mae_transfer.detection.datasets import (DEFAULT_ON_INVALID, INVALID_MODES, DatasetError,
                                 register_coco2017, register_from_spec)
-from tools.checkpoints import CheckpointError
+from mae_transfer.tools.checkpoints import CheckpointError
 
 logger = logging.getLogger("mae_transfer.detection")
 

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from tools.stand_in import install_stand_in
+from mae_transfer.tools.stand_in import install_stand_in
 
 for _alias, _builtin in (("int", int), ("float", float), ("object", object), ("str", str),
                          ("bool", bool)):

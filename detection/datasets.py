@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import detection.compat  # noqa: F401  (before any detectron2 import)
+import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 

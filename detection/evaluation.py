@@ -18,14 +18,14 @@ from typing import Dict, Optional
 
 import torch
 
-import detection.compat  # noqa: F401  (before any detectron2 import)
+import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 from tabulate import tabulate
 
-from tools.atomic import atomic_write
-from detection.datasets import check_num_classes
+from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.detection.datasets import check_num_classes
 
 logger = logging.getLogger("mae_transfer.detection")
 

@@ -19,7 +19,7 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-import detection.compat  # noqa: F401  (before any detectron2 import)
+import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.modeling.meta_arch import GeneralizedRCNN
 from detectron2.structures import ImageList
 

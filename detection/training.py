@@ -27,17 +27,17 @@ from typing import Mapping, Optional
 
 import torch
 
-import detection.compat  # noqa: F401  (before any detectron2 import)
+import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import SimpleTrainer, create_ddp_model, default_setup, default_writers
 from detectron2.engine import hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
-from detection.cli import UsageError, apply_cpu_threads, register_datasets
-from detection.datasets import check_num_classes
-from detection.evaluation import evaluate
+from mae_transfer.detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
+from mae_transfer.detection.cli import UsageError, apply_cpu_threads, register_datasets
+from mae_transfer.detection.datasets import check_num_classes
+from mae_transfer.detection.evaluation import evaluate
 
 logger = logging.getLogger("mae_transfer.detection")
 

@@ -13,7 +13,7 @@ Stages (each one the real entry point, run as a subprocess, its output in ``OUT/
 2. ``dataset``: the annotated set, real cut-outs pasted on the real photos, plus ``--unlabelled``
    images made from the train split's cut-outs with no label written
    (``tools/make_paste_dataset.py``; ``--generated-stamps`` uses stand-in shapes for CI);
-3. ``pretrain-images`` + ``pretrain``: MAE (``python -m pretrain.main``) on the shrunk photos
+3. ``pretrain-images`` + ``pretrain``: MAE (``python -m mae_transfer.pretrain.main``) on the shrunk photos
    plus, with ``--mae-data photos+paste`` (the default), the paste set's train and unlabelled
    images (pixels only: in-domain pretraining); encoder export. ``--pretrained-run DIR`` skips
    both and fine-tunes from an earlier run's ``mae/`` folder; ``--baseline-run DIR`` takes over
@@ -54,8 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 from PIL import Image
 
-from experiment.agnostic_ap import class_agnostic_ap50
-from tools.atomic import atomic_write
+from mae_transfer.experiment.agnostic_ap import class_agnostic_ap50
+from mae_transfer.tools.atomic import atomic_write
 
 DEFAULT_IMAGES = Path(os.environ.get("MAE_TRANSFER_DATA", REPO.parent / "shared" / "data")) \
     / "imagenet-sample"
@@ -279,7 +279,7 @@ def pretrain(run: Run, py: str, cfg: dict, images: Path, n_images: int, mae_dir:
     """MAE on ``images`` (two threads; resumable: a killed run continues from its checkpoint)."""
     steps = max(1, n_images // cfg["mae_batch"])
     run.stage("pretrain", [
-        py, "-m", "pretrain.main", "--data_path", images, "--model", f"mae_{cfg['arch']}",
+        py, "-m", "mae_transfer.pretrain.main", "--data_path", images, "--model", f"mae_{cfg['arch']}",
         "--input_size", cfg["mae_size"], "--batch_size", cfg["mae_batch"],
         "--epochs", cfg["mae_epochs"], "--warmup_epochs", cfg["mae_warmup"],
         "--lr", cfg["mae_lr"], "--mask_ratio", 0.75, "--norm_pix_loss", "--device", "cpu",

@@ -50,8 +50,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-from tools.annotated_sets import JPEG_QUALITY, AnnotatedSetWriter, Instance, rasterise
-from tools.image_inputs import is_image
+from mae_transfer.tools.annotated_sets import JPEG_QUALITY, AnnotatedSetWriter, Instance, rasterise
+from mae_transfer.tools.image_inputs import is_image
 
 log = logging.getLogger("mae_transfer.paste")
 

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-from backbones import build_vit, load_pretrained
-from pretrain.data import normalize_batch
-from tools.atomic import atomic_write
+from mae_transfer.backbones import build_vit, load_pretrained
+from mae_transfer.pretrain.data import normalize_batch
+from mae_transfer.tools.atomic import atomic_write
 
 #: L2 penalty of the logistic regression (on standardised features).
 L2 = 1e-2

@@ -5,7 +5,7 @@
 - ``pretrain.masking``: patchify / unpatchify, random masking, the masked-patch loss;
 - ``pretrain.data``: recursive image folder, RandomResizedCrop + flip, resumable sampler;
 - ``pretrain.engine`` / ``pretrain.main``: the training loop and the entry point
-  (``python -m pretrain.main``, or ``tools/pretrain.sh`` through torchrun);
+  (``python -m mae_transfer.pretrain.main``, or ``tools/pretrain.sh`` through torchrun);
 - ``pretrain.checkpoint``: atomic, plain-data training checkpoints;
 - ``pretrain.visualize`` / ``pretrain.restore``: reconstruction pictures from any MAE checkpoint.
 """

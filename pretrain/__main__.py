@@ -1,6 +1,6 @@
-"""``python -m pretrain ...`` is ``python -m pretrain.main ...``."""
+"""``python -m pretrain ...`` is ``python -m mae_transfer.pretrain.main ...``."""
 import sys
 
-from pretrain.main import main
+from mae_transfer.pretrain.main import main
 
 sys.exit(main())

@@ -20,8 +20,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from tools.atomic import atomic_write
-from tools.checkpoints import CheckpointError
+from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.tools.checkpoints import CheckpointError
 
 _PLAIN = (str, int, float, bool, type(None))
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pretrain.data import CROP_STREAM, ImageFolderMAE, sample_crop, sample_flip, sample_rng
+from mae_transfer.pretrain.data import CROP_STREAM, ImageFolderMAE, sample_crop, sample_flip, sample_rng
 
 #: PIL modes whose JPEGs nvJPEG / libjpeg decode to the same RGB as PIL's ``convert("RGB")``.
 _DEVICE_MODES = ("RGB", "L")

@@ -18,10 +18,10 @@ from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
-from pretrain.data import normalize_batch
-from pretrain.device_decode import batch_pixels
-from pretrain.distributed import DistInfo, all_reduce_sum
-from pretrain.schedule import apply_lr
+from mae_transfer.pretrain.data import normalize_batch
+from mae_transfer.pretrain.device_decode import batch_pixels
+from mae_transfer.pretrain.distributed import DistInfo, all_reduce_sum
+from mae_transfer.pretrain.schedule import apply_lr
 
 logger = logging.getLogger("mae_transfer.pretrain")
 

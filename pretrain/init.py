@@ -26,10 +26,10 @@ from typing import List
 
 import torch
 
-from backbones.loading import LoadReport, load_state, without
-from backbones.pos_embed import infer_grid, sincos_2d
-from pretrain.model import MaskedAutoencoderViT
-from tools.checkpoints import DECODER_KEY, CheckpointError, read_checkpoint, strip_ddp_prefix
+from mae_transfer.backbones.loading import LoadReport, load_state, without
+from mae_transfer.backbones.pos_embed import infer_grid, sincos_2d
+from mae_transfer.pretrain.model import MaskedAutoencoderViT
+from mae_transfer.tools.checkpoints import DECODER_KEY, CheckpointError, read_checkpoint, strip_ddp_prefix
 
 logger = logging.getLogger("mae_transfer.pretrain")
 

@@ -1,7 +1,7 @@
-"""MAE pretraining entry point: ``python -m pretrain.main`` (one process) or through torchrun
+"""MAE pretraining entry point: ``python -m mae_transfer.pretrain.main`` (one process) or through torchrun
 (``tools/pretrain.sh``: several GPUs, several nodes).
 
-    python -m pretrain.main --data_path DIR --model mae_vit_base_patch16 --batch_size 64 \\
+    python -m mae_transfer.pretrain.main --data_path DIR --model mae_vit_base_patch16 --batch_size 64 \\
         --epochs 800 --warmup_epochs 40 --blr 1.5e-4 --weight_decay 0.05 --mask_ratio 0.75 \\
         --norm_pix_loss --input_size 224 --output_dir OUT [--resume CKPT|auto] [--accum_iter N]
 
@@ -27,21 +27,21 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pretrain.checkpoint import (atomic_save, load_training_checkpoint, plain, rng_state,
+from mae_transfer.pretrain.checkpoint import (atomic_save, load_training_checkpoint, plain, rng_state,
                                  set_rng_state)
-from pretrain.data import (DatasetError, ResumableSampler, ignore_stop_signals,
+from mae_transfer.pretrain.data import (DatasetError, ResumableSampler, ignore_stop_signals,
                            normalize_batch)
-from pretrain.device_decode import dataset_class, make_loader
-from pretrain.distributed import DistInfo, barrier, cleanup, init_distributed
-from pretrain.engine import NonFiniteLoss, Progress, StepConfig, train_one_epoch
-from pretrain.init import init_from_checkpoint
-from pretrain.logs import MetricWriter, setup_logging, teardown_logging
-from pretrain.model import (MAE_MODELS, MaskedAutoencoderViT, build_mae, encoder_name,
+from mae_transfer.pretrain.device_decode import dataset_class, make_loader
+from mae_transfer.pretrain.distributed import DistInfo, barrier, cleanup, init_distributed
+from mae_transfer.pretrain.engine import NonFiniteLoss, Progress, StepConfig, train_one_epoch
+from mae_transfer.pretrain.init import init_from_checkpoint
+from mae_transfer.pretrain.logs import MetricWriter, setup_logging, teardown_logging
+from mae_transfer.pretrain.model import (MAE_MODELS, MaskedAutoencoderViT, build_mae, encoder_name,
                            mae_config)
-from pretrain.schedule import effective_lr, lr_at
-from pretrain.visualize import reconstruction_rows, save_png
-from tools.checkpoints import CheckpointError, write_checkpoint
-from tools.lr_decay import param_groups
+from mae_transfer.pretrain.schedule import effective_lr, lr_at
+from mae_transfer.pretrain.visualize import reconstruction_rows, save_png
+from mae_transfer.tools.checkpoints import CheckpointError, write_checkpoint
+from mae_transfer.tools.lr_decay import param_groups
 
 logger = logging.getLogger("mae_transfer.pretrain")
 

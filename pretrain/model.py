@@ -19,11 +19,11 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from backbones.vit import VIT_ARCHS, Block, VisionTransformer
-from pretrain.masking import (gather_tokens, masking_from_noise, patchify,
+from mae_transfer.backbones.vit import VIT_ARCHS, Block, VisionTransformer
+from mae_transfer.pretrain.masking import (gather_tokens, masking_from_noise, patchify,
                               reconstruction_loss, restore_order)
-from tools.checkpoints import split_encoder
-from backbones.pos_embed import sincos_2d
+from mae_transfer.tools.checkpoints import split_encoder
+from mae_transfer.backbones.pos_embed import sincos_2d
 
 #: name -> (encoder ViT name, decoder (embed_dim, depth, num_heads)). The paper's decoder is
 #: 512-d x 8 blocks; mini and tiny get smaller ones, so that the decoder stays lighter than the

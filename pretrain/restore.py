@@ -15,8 +15,8 @@ from typing import Dict
 
 import torch
 
-from pretrain.model import MaskedAutoencoderViT, mae_from_config
-from tools.checkpoints import CheckpointError, read_checkpoint, strip_ddp_prefix
+from mae_transfer.pretrain.model import MaskedAutoencoderViT, mae_from_config
+from mae_transfer.tools.checkpoints import CheckpointError, read_checkpoint, strip_ddp_prefix
 
 STANDARD_HEADS = {64: 4, 192: 3, 384: 6, 512: 16, 768: 12, 1024: 16, 1280: 16}
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.data import denormalize, normalize_batch
-from pretrain.masking import patchify, unpatchify
-from tools.atomic import atomic_write
+from mae_transfer.pretrain.data import denormalize, normalize_batch
+from mae_transfer.pretrain.masking import patchify, unpatchify
+from mae_transfer.tools.atomic import atomic_write
 
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
 

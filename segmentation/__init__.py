@@ -5,12 +5,12 @@ Importing this package (configs do it through ``custom_imports``) first applies
 and MMEngine's registries: the ``MAEViT`` backbone, the ``ADELayoutDataset``, the
 ``PerClassIoUMetric``, the ``SegResultsJSONHook`` and the ``ViTLayerDecayOptimizerConstructor``.
 """
-from segmentation import compat  # noqa: F401  (must run before any mmseg / mmcv import)
-from segmentation.backbone import MAEViT, default_out_indices
-from segmentation.datasets import ADELayoutDataset, read_class_names
-from segmentation.hooks import SegResultsJSONHook
-from segmentation.metrics import PerClassIoUMetric
-from segmentation.optim_constructor import ViTLayerDecayOptimizerConstructor
+from mae_transfer.segmentation import compat  # noqa: F401  (must run before any mmseg / mmcv import)
+from mae_transfer.segmentation.backbone import MAEViT, default_out_indices
+from mae_transfer.segmentation.datasets import ADELayoutDataset, read_class_names
+from mae_transfer.segmentation.hooks import SegResultsJSONHook
+from mae_transfer.segmentation.metrics import PerClassIoUMetric
+from mae_transfer.segmentation.optim_constructor import ViTLayerDecayOptimizerConstructor
 
 __all__ = ["MAEViT", "default_out_indices", "ADELayoutDataset", "read_class_names",
            "SegResultsJSONHook", "PerClassIoUMetric", "ViTLayerDecayOptimizerConstructor"]

@@ -23,10 +23,10 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 
-from backbones.loading import LoadReport, load_pretrained, without
-from backbones.layers import pyramid_scales
-from backbones.multiscale import MultiScaleAdapter
-from backbones.vit import VisionTransformer, vit_kwargs
+from mae_transfer.backbones.loading import LoadReport, load_pretrained, without
+from mae_transfer.backbones.layers import pyramid_scales
+from mae_transfer.backbones.multiscale import MultiScaleAdapter
+from mae_transfer.backbones.vit import VisionTransformer, vit_kwargs
 from mmseg.registry import MODELS
 
 #: Block fractions of the BEiT / MAE UperNet recipe: blocks 3, 5, 7, 11 of 12; 7, 11, 15, 23 of 24.

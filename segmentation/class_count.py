@@ -13,7 +13,7 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from mmseg.registry import DATASETS
 
-from segmentation.datasets import CLASSES_FILE, ADELayoutDataset, dataset_metainfo, read_class_names
+from mae_transfer.segmentation.datasets import CLASSES_FILE, ADELayoutDataset, dataset_metainfo, read_class_names
 
 HEAD_KEYS = ("decode_head", "auxiliary_head")
 

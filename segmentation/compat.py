@@ -27,8 +27,8 @@ import warnings
 
 import torch
 
-from tools.atomic import atomic_write
-from tools.stand_in import install_stand_in
+from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.tools.stand_in import install_stand_in
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 

@@ -22,13 +22,13 @@ import logging
 import os.path as osp
 from typing import Iterator, List, Optional
 
-from segmentation import compat  # noqa: F401  (before mmseg / mmengine runner imports)
+from mae_transfer.segmentation import compat  # noqa: F401  (before mmseg / mmengine runner imports)
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
-from segmentation.class_count import check_num_classes, head_cfgs
-from segmentation.datasets import read_class_names
+from mae_transfer.segmentation.class_count import check_num_classes, head_cfgs
+from mae_transfer.segmentation.datasets import read_class_names
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:

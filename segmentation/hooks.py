@@ -12,7 +12,7 @@ import json
 import os.path as osp
 from typing import Dict, Optional
 
-from segmentation import compat  # noqa: F401  (atomic local writes; before mmengine / mmseg)
+from mae_transfer.segmentation import compat  # noqa: F401  (atomic local writes; before mmengine / mmseg)
 from mmengine.dist import master_only
 from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import Hook

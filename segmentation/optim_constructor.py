@@ -35,7 +35,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 
-from tools.lr_decay import check_wd_policy, param_groups
+from mae_transfer.tools.lr_decay import check_wd_policy, param_groups
 
 _KNOWN_KEYS = {"layer_decay_rate", "num_layers", "no_weight_decay", "wd_policy"}
 

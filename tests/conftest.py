@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.synthetic_data import make_shapes_dataset, write_synthetic_images
+from mae_transfer.tools.synthetic_data import make_shapes_dataset, write_synthetic_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 # The readers live in backbones (backbones.load_pretrained uses them); re-exported here.
-from backbones.beit_layout import to_mmseg_beit
-from backbones.checkpoint_files import (BACKBONE_PREFIXES, DECODER_KEY, META_KEY,
+from mae_transfer.backbones.beit_layout import to_mmseg_beit
+from mae_transfer.backbones.checkpoint_files import (BACKBONE_PREFIXES, DECODER_KEY, META_KEY,
                                         CheckpointError, StateDict, describe_architecture,
                                         describe_layout, meta_grid, read_checkpoint,
                                         split_encoder, strip_ddp_prefix)
-from tools.atomic import atomic_write
+from mae_transfer.tools.atomic import atomic_write
 
 __all__ = ["BACKBONE_PREFIXES", "DECODER_KEY", "FORMATS", "META_KEY", "CheckpointError",
            "StateDict", "describe_architecture", "describe_layout", "meta_grid",

@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.checkpoints import (FORMATS, CheckpointError, describe_architecture,  # noqa: E402
+from mae_transfer.tools.checkpoints import (FORMATS, CheckpointError, describe_architecture,  # noqa: E402
                                read_checkpoint, split_encoder, write_checkpoint)
 
 

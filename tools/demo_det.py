@@ -22,18 +22,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import detection.compat  # noqa: E402,F401  (before any detectron2 import)
+import mae_transfer.detection.compat  # noqa: E402,F401  (before any detectron2 import)
 import detectron2.data.transforms as T  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
-from detection.checkpointing import load_init_checkpoint  # noqa: E402
-from detection.cli import (add_dataset_arguments, apply_cpu_threads,  # noqa: E402
+from mae_transfer.detection.checkpointing import load_init_checkpoint  # noqa: E402
+from mae_transfer.detection.cli import (add_dataset_arguments, apply_cpu_threads,  # noqa: E402
                            register_datasets, run_reporting_input_errors)
-from detection.datasets import DatasetError  # noqa: E402
-from tools.image_inputs import list_images  # noqa: E402
+from mae_transfer.detection.datasets import DatasetError  # noqa: E402
+from mae_transfer.tools.image_inputs import list_images  # noqa: E402
 
 
 def class_metadata(cfg, num_classes: int):

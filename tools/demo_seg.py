@@ -20,14 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from segmentation import compat  # noqa: E402,F401  (before any mmseg / mmcv import)
-import segmentation  # noqa: E402,F401
+from mae_transfer.segmentation import compat  # noqa: E402,F401  (before any mmseg / mmcv import)
+import mae_transfer.segmentation  # noqa: E402,F401
 
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from segmentation.class_count import checkpoint_num_classes, head_cfgs  # noqa: E402
-from tools.image_inputs import list_images  # noqa: E402
+from mae_transfer.segmentation.class_count import checkpoint_num_classes, head_cfgs  # noqa: E402
+from mae_transfer.tools.image_inputs import list_images  # noqa: E402
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -48,7 +48,7 @@ if ! "$PY" -c "import cv2" 2>/dev/null; then
   fi
 fi
 "$PY" - <<'PY'
-import detection.compat, segmentation.compat  # noqa: F401  (import-order fixes first)
+import mae_transfer.detection, mae_transfer.segmentation  # noqa: F401
 import torch, timm, mmseg, mmengine, mmcv, detectron2
 print(f"[install] ok: torch {torch.__version__}, timm {timm.__version__}, mmseg {mmseg.__version__}, "
       f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, detectron2 {detectron2.__version__}")

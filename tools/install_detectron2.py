@@ -3,12 +3,15 @@
 Why this exists: the official detectron2 is not on the package registry (it is built from its
 source repository). The registry's ``pb1-detectron2==0.6`` is upstream v0.6 as an sdist *without*
 its C++ sources, so a plain ``pip install`` dies in the extension build. Three edits make it a
-pure-Python install that runs Mask R-CNN (ROIAlign and NMS come from torchvision):
+pure-Python install that runs Mask R-CNN (ROIAlign and NMS come from torchvision), and a fourth
+keeps it from putting a generic name on the user's import path:
 
 1. skip the C++ extension (``ext_modules=[]``);
 2. move ``detectron2/model_zoo/configs`` to ``configs/``, where ``setup.py`` looks for the model-zoo
    configs (otherwise they are silently left out of the install);
-3. relax the ``black==21.4b2`` pin, whose command line breaks with current ``click``.
+3. relax the ``black==21.4b2`` pin, whose command line breaks with current ``click``;
+4. leave out upstream's ``tools/`` scripts, which its ``find_packages`` installs as a top-level
+   package named ``tools`` (any ``import tools`` of the user's would then load Detectron2's).
 
 If any detectron2 is importable already (e.g. an official build from source), nothing is done:
 a real compiled detectron2 always wins. Usage: ``python tools/install_detectron2.py [--force]``.
@@ -34,12 +37,14 @@ def pip(*args: str) -> None:
 
 
 def patch_source(src: pathlib.Path) -> None:
-    """Apply the three edits described in the module docstring to an unpacked sdist."""
+    """Apply the four edits described in the module docstring to an unpacked sdist."""
     setup_py = src / "setup.py"
     text = setup_py.read_text()
     for old, new in [
         ("ext_modules=get_extensions(),", "ext_modules=[],  # mae-transfer: no C++ sources in sdist"),
         ('"black==21.4b2",', '"black",'),
+        ('find_packages(exclude=("configs", "tests*"))',
+         'find_packages(exclude=("configs", "tests*", "tools", "tools.*"))'),
     ]:
         if old not in text:
             raise RuntimeError(f"{setup_py}: expected to find {old!r}; the sdist changed")

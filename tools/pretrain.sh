@@ -38,7 +38,7 @@ done
 wants_help=0
 for a in "${train[@]}"; do [[ $a == -h || $a == --help ]] && wants_help=1; done
 if ((${#launcher[@]} == 0)) && ((on_cpu || wants_help)); then
-  exec "$PY" -m pretrain.main "${train[@]}"
+  exec "$PY" -m mae_transfer.pretrain.main "${train[@]}"
 fi
 
 opts=" ${launcher[*]:-} "
@@ -54,4 +54,4 @@ if [[ $opts != *" --nproc_per_node"* && $opts != *" --nproc-per-node"* ]]; then
     launcher+=(--nproc_per_node 1)
   fi
 fi
-exec "$PY" -m torch.distributed.run "${launcher[@]}" -m pretrain.main "${train[@]}"
+exec "$PY" -m torch.distributed.run "${launcher[@]}" -m mae_transfer.pretrain.main "${train[@]}"

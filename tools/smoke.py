@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tools.synthetic_data import make_shapes_dataset, write_synthetic_images  # noqa: E402
+from mae_transfer.tools.synthetic_data import make_shapes_dataset, write_synthetic_images  # noqa: E402
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
 DET_CONFIG = "detection/configs/mask_rcnn_vit_mini_cpu.py"
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     mae_out = out / "mae"
     encoder = mae_out / "encoder.safetensors"
     try:
-        run_stage("pretrain", [py, "-m", "pretrain.main", "--data_path", images,
+        run_stage("pretrain", [py, "-m", "mae_transfer.pretrain.main", "--data_path", images,
                                "--model", "mae_vit_mini_patch16", "--input_size", "64",
                                "--batch_size", "8", "--epochs", "2", "--steps_per_epoch", "4",
                                "--warmup_epochs", "1", "--device", "cpu", "--num_workers", "2",

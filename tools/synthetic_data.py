@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.annotated_sets import AnnotatedSetWriter, Instance, rasterise  # noqa: E402
+from mae_transfer.tools.annotated_sets import AnnotatedSetWriter, Instance, rasterise  # noqa: E402
 
 SHAPE_CLASSES = ("disc", "square", "triangle")
 SHAPE_COLOURS = {"disc": (220, 40, 40), "square": (40, 200, 60), "triangle": (40, 80, 230)}

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.train_seg import main as train_main  # noqa: E402
+from mae_transfer.tools.train_seg import main as train_main  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -18,10 +18,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from segmentation import compat  # noqa: E402,F401  (before any mmseg / mmcv import)
-import segmentation  # noqa: E402,F401  (registers MAEViT, the dataset, metric, hook, constructor)
-from segmentation import entry  # noqa: E402
-from tools.checkpoints import CheckpointError  # noqa: E402
+from mae_transfer.segmentation import compat  # noqa: E402,F401  (before any mmseg / mmcv import)
+import mae_transfer.segmentation  # noqa: E402,F401  (registers MAEViT, the dataset, metric, hook, constructor)
+from mae_transfer.segmentation import entry  # noqa: E402
+from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -17,10 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from pretrain.restore import load_mae  # noqa: E402
-from pretrain.visualize import (center_crop_tensor, noise_for, reconstruction_rows,  # noqa: E402
+from mae_transfer.pretrain.restore import load_mae  # noqa: E402
+from mae_transfer.pretrain.visualize import (center_crop_tensor, noise_for, reconstruction_rows,  # noqa: E402
                                 save_png)
-from tools.checkpoints import CheckpointError  # noqa: E402
+from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
 
 
 def main(argv=None) -> int:

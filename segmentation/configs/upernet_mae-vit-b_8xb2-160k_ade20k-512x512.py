@@ -13,7 +13,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
-custom_imports = dict(imports=['segmentation'], allow_failed_imports=False)
+custom_imports = dict(imports=['mae_transfer.segmentation'], allow_failed_imports=False)
 
 crop_size = (512, 512)
 norm_cfg = dict(type='SyncBN', requires_grad=True)

@@ -11,7 +11,7 @@ import pytest
 
 from bench.acceptance import DEFAULT_DATA, PARTS, photo_folder
 from bench.acceptance_report import TARGETS, markdown, summarize
-from tools.synthetic_data import write_synthetic_images
+from mae_transfer.tools.synthetic_data import write_synthetic_images
 
 
 def run_acceptance(repo_root, out, *extra, timeout=1800):

@@ -1,7 +1,7 @@
 """tools.atomic.atomic_write: all or nothing, no temporary files left behind."""
 import pytest
 
-from tools.atomic import atomic_write
+from mae_transfer.tools.atomic import atomic_write
 
 
 def test_replaces_the_file_whole_and_creates_folders(tmp_path):

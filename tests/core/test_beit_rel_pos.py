@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from backbones import build_vit
-from backbones.pos_embed import _geometric_offsets, resize_beit_table
+from mae_transfer.backbones import build_vit
+from mae_transfer.backbones.pos_embed import _geometric_offsets, resize_beit_table
 
 
 def _beit(**kw):
@@ -148,7 +148,7 @@ def test_resize_beit_table_interpolates_cubics_exactly_and_keeps_cls_rows():
 def test_layer_decay_puts_tables_and_gammas_in_their_block_with_each_recipes_weight_decay():
     """MMSeg's MAE rule decays the (2-D) table and exempts the (1-D) gammas; MAE/BEiT's exempts
     both. Either way they share their block's lr scale."""
-    from tools.lr_decay import param_groups
+    from mae_transfer.tools.lr_decay import param_groups
 
     model = _beit()
     for policy, table_wd in (("mmseg_mae", 0.05), ("mae_finetune", 0.0)):

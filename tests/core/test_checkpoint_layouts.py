@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from backbones import build_vit, load_pretrained
-from tools.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
+from mae_transfer.backbones import build_vit, load_pretrained
+from mae_transfer.tools.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
 
 CONVERT = "python tools/convert_checkpoint.py SRC DST --to ours"
 
@@ -85,7 +85,7 @@ def test_the_other_relative_position_kind_is_refused_both_ways(tmp_path):
 
 
 def test_beit_tables_of_another_grid_are_resized_at_load(tmp_path):
-    from backbones.pos_embed import resize_beit_table
+    from mae_transfer.backbones.pos_embed import resize_beit_table
 
     source = _randomized(_beit()).state_dict()
     path = write_checkpoint(source, tmp_path / "beit64.safetensors")
@@ -100,7 +100,7 @@ def test_beit_tables_of_another_grid_are_resized_at_load(tmp_path):
 
 
 def test_mmseg_layout_round_trips_and_folds_qv_biases():
-    from backbones.beit_layout import from_mmseg_beit, to_mmseg_beit
+    from mae_transfer.backbones.beit_layout import from_mmseg_beit, to_mmseg_beit
 
     state = _randomized(_beit()).state_dict()
     mm = to_mmseg_beit(state)
@@ -129,7 +129,7 @@ def test_decomposed_model_to_mmseg_mae_is_an_error_that_says_why(tmp_path, repo_
 def test_plain_encoder_converts_to_mmseg_mae_and_back(tmp_path):
     """An MAE pretraining encoder (no tables, no gammas) in MMSeg MAE names: what MMSeg's MAE
     recipe fine-tunes from; the tables and gammas are MMSeg's to initialise."""
-    from backbones.beit_layout import from_mmseg_beit
+    from mae_transfer.backbones.beit_layout import from_mmseg_beit
 
     state = _randomized(_mini()).state_dict()
     path = write_checkpoint(state, tmp_path / "mae_mmseg.pth", "mmseg-mae")

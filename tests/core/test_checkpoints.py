@@ -7,9 +7,9 @@ import pytest
 import timm
 import torch
 
-from backbones import build_vit, load_pretrained
-from tools.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
-from tools.convert_checkpoint import main as convert_main
+from mae_transfer.backbones import build_vit, load_pretrained
+from mae_transfer.tools.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
+from mae_transfer.tools.convert_checkpoint import main as convert_main
 
 
 def _mini(**kw):

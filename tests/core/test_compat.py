@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools.stand_in import install_stand_in
+from mae_transfer.tools.stand_in import install_stand_in
 
 
 def test_stand_in_is_not_installed_over_a_real_module(tmp_path, monkeypatch):
@@ -36,7 +36,7 @@ def test_stand_in_imports_and_raises_clearly_when_an_op_is_called(tmp_path, monk
 
 
 def test_detectron2_imports_with_v06_on_current_numpy_and_pillow():
-    import detection.compat  # noqa: F401
+    import mae_transfer.detection.compat  # noqa: F401
     import detectron2.data.transforms  # noqa: F401  (Image.LINEAR default argument)
     import detectron2.layers  # noqa: F401  (deform_conv imports detectron2._C)
     from detectron2.structures import BitMasks
@@ -47,12 +47,12 @@ def test_detectron2_imports_with_v06_on_current_numpy_and_pillow():
 
 
 def test_mmseg_imports_on_mmcv_lite_and_runner_checkpoints_load(tmp_path):
-    import segmentation.compat  # noqa: F401
+    import mae_transfer.segmentation.compat  # noqa: F401
     import mmseg.models  # noqa: F401  (imports mmcv.ops -> mmcv._ext)
     from mmengine.runner.checkpoint import CheckpointLoader
     from mmengine.utils.dl_utils.misc import mmcv_full_available
 
-    assert mmcv_full_available() is (not segmentation.compat.HAS_STAND_IN_EXTENSION)
+    assert mmcv_full_available() is (not mae_transfer.segmentation.compat.HAS_STAND_IN_EXTENSION)
     path = tmp_path / "iter_10.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}, "message_hub": {"x": np.arange(3)}}, path)
     with pytest.raises(Exception):

@@ -24,7 +24,13 @@ FORBIDDEN = {
 
 
 def imported_modules(path: Path, root: Path = REPO):
-    """Dotted names of every module ``path`` imports (relative imports resolved to absolute)."""
+    """Dotted names of every module ``path`` imports (relative imports resolved to absolute), the
+    ``mae_transfer.`` prefix taken off so that the rules below name the subpackages."""
+    for name in _raw_imports(path, root):
+        yield name[len("mae_transfer."):] if name.startswith("mae_transfer.") else name
+
+
+def _raw_imports(path: Path, root: Path):
     tree = ast.parse(path.read_text(), filename=str(path))
     package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
     for node in ast.walk(tree):
@@ -70,11 +76,45 @@ def test_experiment_package_uses_no_entry_point_script_as_a_library():
     assert violations(files, set()) == []
 
 
+SUBPACKAGES = ("backbones", "tools", "pretrain", "detection", "segmentation", "experiment")
+
+
+def bare_imports(files, root=REPO):
+    """Absolute imports of a subpackage by its bare name (``import tools.x``), which works only with
+    the checkout on ``sys.path`` and would load whatever other ``tools`` a user has there."""
+    found = []
+    for path in files:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.relative_to(root)}:{node.lineno} imports {n}" for n in names
+                      if n and n.split(".")[0] in SUBPACKAGES]
+    return sorted(found)
+
+
+def test_everything_imports_the_package_by_its_one_name():
+    """Library, configs, scripts, benchmarks and tests all say ``mae_transfer.<subpackage>``."""
+    files = [p for p in REPO.rglob("*.py")
+             if not any(part.startswith(".") or part in {"build", "__pycache__"}
+                        for part in p.relative_to(REPO).parts)]
+    assert len(files) > 100
+    assert bare_imports(files) == []
+
+
+def test_the_bare_name_checker_sees_a_bare_import(tmp_path):
+    planted = tmp_path / "x.py"
+    planted.write_text("import os\nimport tools.lr_decay\nfrom mae_transfer.tools import atomic\n"
+                       "def f():\n    from detection import backbone\n")
+    assert bare_imports([planted], root=tmp_path) == ["x.py:2 imports tools.lr_decay",
+                                                     "x.py:5 imports detection"]
+
+
 def test_the_checker_sees_upward_imports(tmp_path):
     """The rule above cannot pass vacuously: a planted upward import is reported."""
     planted = tmp_path / "backbones" / "_planted_for_test.py"
     planted.parent.mkdir()
-    planted.write_text("def f():\n    from tools.checkpoints import read_checkpoint\n"
+    planted.write_text("def f():\n    from mae_transfer.tools.checkpoints import read_checkpoint\n"
                        "from ..detection import backbone\nimport torch\n")
     found = violations([planted], FORBIDDEN["backbones"], root=tmp_path)
     assert found == ["backbones/_planted_for_test.py imports detection",

@@ -2,8 +2,8 @@
 import pytest
 import torch.nn as nn
 
-from backbones import build_vit
-from tools.lr_decay import layer_id, param_groups
+from mae_transfer.backbones import build_vit
+from mae_transfer.tools.lr_decay import layer_id, param_groups
 
 
 def _expected(name, param, num_layers, decay, wd):
@@ -80,7 +80,7 @@ class TinyDetector(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from backbones.layers import LayerNorm2d
+        from mae_transfer.backbones.layers import LayerNorm2d
 
         self.backbone = nn.Module()
         self.backbone.net = build_vit("custom", img_size=32, patch_size=16, embed_dim=8, depth=1,
@@ -115,7 +115,7 @@ EXPECTED_EXEMPT = {
 
 @pytest.mark.parametrize("policy", sorted(EXPECTED_EXEMPT))
 def test_weight_decay_policy_exempts_exactly_the_reference_parameters(policy):
-    from tools.lr_decay import WD_POLICIES
+    from mae_transfer.tools.lr_decay import WD_POLICIES
 
     assert set(WD_POLICIES) == set(EXPECTED_EXEMPT)
     model = TinyDetector()
@@ -133,7 +133,7 @@ def test_unknown_weight_decay_policy_is_an_error():
 
 
 def test_mae_pretrain_policy_decays_the_tokens_as_official_mae():
-    from pretrain.model import build_mae
+    from mae_transfer.pretrain.model import build_mae
 
     model = build_mae("mae_vit_mini_patch16", img_size=32)
     groups = param_groups(model, weight_decay=0.05, layer_decay=1.0, wd_policy="mae_pretrain")

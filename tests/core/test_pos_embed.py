@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones.pos_embed import infer_grid, resize_pos_embed, resize_rel_pos, sincos_2d
+from mae_transfer.backbones.pos_embed import infer_grid, resize_pos_embed, resize_rel_pos, sincos_2d
 
 
 def test_sincos_2d_matches_the_mae_formula():

@@ -3,9 +3,9 @@ import pytest
 import timm
 import torch
 
-from backbones import VIT_ARCHS, build_vit
-from backbones.attention import decomposed_rel_pos_bias
-from backbones.pos_embed import resize_pos_embed
+from mae_transfer.backbones import VIT_ARCHS, build_vit
+from mae_transfer.backbones.attention import decomposed_rel_pos_bias
+from mae_transfer.backbones.pos_embed import resize_pos_embed
 
 
 def _timm_twin(model, **kw):

@@ -19,9 +19,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from experiment import paste_dataset as mpd
-from tools.annotated_sets import rasterise
-from tools.synthetic_data import write_synthetic_images
+from mae_transfer.experiment import paste_dataset as mpd
+from mae_transfer.tools.annotated_sets import rasterise
+from mae_transfer.tools.synthetic_data import write_synthetic_images
 
 CLASS_FOLDERS = {"animals/discs": 5, "food/boxes": 4, "plants/stars": 3}
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-import detection.compat  # noqa: F401
+import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.utils.events import EventStorage
 
-from detection.datasets import load_coco_instances
-from detection.training import build_optimizer
+from mae_transfer.detection.datasets import load_coco_instances
+from mae_transfer.detection.training import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "detection" / "configs"
 #: ViTDet's stages (projects/ViTDet/configs/COCO/cascade_mask_rcnn_vitdet_b_100ep.py).

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import detection.compat  # noqa: F401
+import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 
-from backbones import build_vit, load_pretrained
-from detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
-from tools.checkpoints import CheckpointError, write_checkpoint
+from mae_transfer.backbones import build_vit, load_pretrained
+from mae_transfer.detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
+from mae_transfer.tools.checkpoints import CheckpointError, write_checkpoint
 
 TINY = Path(__file__).resolve().parents[2] / "detection" / "configs" / "mask_rcnn_vit_mini_cpu.py"
 
@@ -130,7 +130,7 @@ def test_init_checkpoint_without_this_vit_stops_naming_its_layout(tmp_path, stat
 
 def test_init_checkpoint_with_beit_tables_is_refused_by_the_decomposed_detector(tmp_path):
     """An MMSeg MAE segmentation checkpoint (BEiT tables) cannot become ViTDet's rel-pos."""
-    from backbones.beit_layout import to_mmseg_beit
+    from mae_transfer.backbones.beit_layout import to_mmseg_beit
 
     beit = build_vit("vit_mini_patch16", img_size=64, use_rel_pos=True, rel_pos_type="beit",
                      layer_scale_init=1.0)
@@ -144,7 +144,7 @@ def test_init_checkpoint_with_beit_tables_is_refused_by_the_decomposed_detector(
 @pytest.mark.parametrize("whole_detector", [False, True])
 def test_init_checkpoint_reads_the_file_once(tmp_path, monkeypatch, whole_detector):
     """A ViT-H file is 2.5 GB (a detector's more): one read, whatever the file holds."""
-    import detection.checkpointing as ckpt_module
+    import mae_transfer.detection.checkpointing as ckpt_module
 
     if whole_detector:
         torch.manual_seed(3)
@@ -157,7 +157,7 @@ def test_init_checkpoint_reads_the_file_once(tmp_path, monkeypatch, whole_detect
     real = ckpt_module.read_checkpoint
     monkeypatch.setattr(ckpt_module, "read_checkpoint",
                         lambda p: reads.append(p) or real(p))
-    import backbones.loading as loading_module
+    import mae_transfer.backbones.loading as loading_module
     monkeypatch.setattr(loading_module, "read_checkpoint",
                         lambda p: reads.append(p) or real(p))
     model = detector()

@@ -10,11 +10,11 @@ import logging
 
 import pytest
 
-import detection.compat  # noqa: F401
+import mae_transfer.detection.compat  # noqa: F401
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from detection.datasets import DatasetError, load_coco_instances
+from mae_transfer.detection.datasets import DatasetError, load_coco_instances
 
 SPLITS = {"train2017": 1678, "val2017": 624}  # instances in each json, crowd regions included
 

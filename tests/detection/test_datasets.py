@@ -4,11 +4,11 @@ import shutil
 
 import pytest
 
-import detection.compat  # noqa: F401
+import mae_transfer.detection.compat  # noqa: F401
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from detection.datasets import (DatasetError, check_num_classes, load_coco_instances,
+from mae_transfer.detection.datasets import (DatasetError, check_num_classes, load_coco_instances,
                                 register_coco2017, register_from_spec)
 
 

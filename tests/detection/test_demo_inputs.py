@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.demo_det import main
-from tools.image_inputs import list_images
+from mae_transfer.tools.demo_det import main
+from mae_transfer.tools.image_inputs import list_images
 
 TINY = Path(__file__).resolve().parents[2] / "detection" / "configs" / "mask_rcnn_vit_mini_cpu.py"
 

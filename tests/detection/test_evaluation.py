@@ -12,13 +12,13 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import detection.compat  # noqa: F401
+import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, polygons_to_bitmask
 
-from detection.datasets import register_coco2017, register_from_spec
-from detection.evaluation import AP_COLUMNS, evaluate, format_ap_table
+from mae_transfer.detection.datasets import register_coco2017, register_from_spec
+from mae_transfer.detection.evaluation import AP_COLUMNS, evaluate, format_ap_table
 
 TINY = Path(__file__).resolve().parents[2] / "detection" / "configs" / "mask_rcnn_vit_mini_cpu.py"
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones import build_vit
-from backbones.feature_pyramid import SimpleFeaturePyramid
-from backbones.layers import LayerNorm2d
+from mae_transfer.backbones import build_vit
+from mae_transfer.backbones.feature_pyramid import SimpleFeaturePyramid
+from mae_transfer.backbones.layers import LayerNorm2d
 
 
 def test_layernorm2d_normalises_each_pixel_over_channels():
@@ -54,7 +54,7 @@ def test_pyramid_upsampling_halves_channels_and_rejects_non_power_of_two_scales(
 
 
 def _backbone(name="vit_mini_patch16", **net_kw):
-    from detection.backbone import ViTDetBackbone
+    from mae_transfer.detection.backbone import ViTDetBackbone
 
     net = build_vit(name, img_size=64, window_size=2, global_blocks=[3],
                     use_rel_pos=True, use_cls_token=False, final_norm=False, **net_kw)
@@ -95,8 +95,8 @@ def test_backbone_refuses_patch_sizes_that_give_fractional_strides():
 
 
 def test_pyramid_scales_reach_strides_4_to_32_for_any_power_of_2_patch():
-    from backbones.feature_pyramid import VITDET_SCALES
-    from backbones.layers import pyramid_scales
+    from mae_transfer.backbones.feature_pyramid import VITDET_SCALES
+    from mae_transfer.backbones.layers import pyramid_scales
 
     assert pyramid_scales(16) == VITDET_SCALES == (4.0, 2.0, 1.0, 0.5)
     assert pyramid_scales(8) == (2.0, 1.0, 0.5, 0.25)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from detectron2.utils.events import EventStorage
 
-import detection.compat  # noqa: F401
-from detection.cli import UsageError
-from detection.training import AutocastTrainer, amp_dtype, build_model, build_optimizer
+import mae_transfer.detection.compat  # noqa: F401
+from mae_transfer.detection.cli import UsageError
+from mae_transfer.detection.training import AutocastTrainer, amp_dtype, build_model, build_optimizer
 
 from .test_model import batch, tiny_cfg
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-import detection.compat  # noqa: F401
+import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 
-from detection.datasets import load_coco_instances
+from mae_transfer.detection.datasets import load_coco_instances
 
 CONFIGS = Path(__file__).resolve().parents[2] / "detection" / "configs"
 

@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import detection.compat  # noqa: F401
+import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 from detectron2.solver import LRMultiplier
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from detection.training import AutocastTrainer, amp_dtype, build_optimizer
+from mae_transfer.detection.training import AutocastTrainer, amp_dtype, build_optimizer
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "detection" / "configs" / "mask_rcnn_vit_mini_cpu.py"

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import detection.compat  # noqa: F401
+import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from detection.rcnn import ViTDetRCNN, pad_to_square
+from mae_transfer.detection.rcnn import ViTDetRCNN, pad_to_square
 
 TINY = Path(__file__).resolve().parents[2] / "detection" / "configs" / "mask_rcnn_vit_mini_cpu.py"
 SQUARE = 128

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tools.synthetic_data import write_synthetic_images
+from mae_transfer.tools.synthetic_data import write_synthetic_images
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = "detection/configs/mask_rcnn_vit_mini_cpu.py"
@@ -43,7 +43,7 @@ def pretrained(tmp_path_factory):
     """A real (2-step) MAE pretraining run of pretrain/: checkpoint-last.pth + encoder.safetensors."""
     tmp = tmp_path_factory.mktemp("mae")
     write_synthetic_images(tmp / "imgs", 16, size=(64, 64))
-    cli("-m", "pretrain.main", "--data_path", tmp / "imgs", "--model", "mae_vit_mini_patch16",
+    cli("-m", "mae_transfer.pretrain.main", "--data_path", tmp / "imgs", "--model", "mae_vit_mini_patch16",
         "--input_size", "64", "--batch_size", "8", "--epochs", "1", "--steps_per_epoch", "2",
         "--warmup_epochs", "0", "--device", "cpu", "--num_workers", "0", "--vis_every", "0",
         "--output_dir", tmp / "out")
@@ -61,11 +61,11 @@ def trained(shapes_dataset, pretrained, tmp_path_factory):
 
 
 def test_pretrain_encoder_export_fills_the_detector_backbone(pretrained):
-    import detection.compat  # noqa: F401
+    import mae_transfer.detection.compat  # noqa: F401
     from detectron2.config import LazyConfig, instantiate
 
-    from detection.checkpointing import load_init_checkpoint
-    from tools.checkpoints import read_checkpoint
+    from mae_transfer.detection.checkpointing import load_init_checkpoint
+    from mae_transfer.tools.checkpoints import read_checkpoint
 
     model = instantiate(LazyConfig.load(str(REPO / TINY)).model)
     report = load_init_checkpoint(model, str(pretrained / "encoder.safetensors"))

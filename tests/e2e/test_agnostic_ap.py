@@ -5,7 +5,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from experiment.agnostic_ap import class_agnostic_ap50
+from mae_transfer.experiment.agnostic_ap import class_agnostic_ap50
 
 
 def _gt(path):

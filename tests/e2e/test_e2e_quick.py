@@ -5,7 +5,7 @@ import math
 import pytest
 from PIL import Image
 
-from experiment.driver import INITS, PRESETS, main
+from mae_transfer.experiment.driver import INITS, PRESETS, main
 
 STAGES = ["images", "dataset", "pretrain-images", "pretrain", "finetunes", "probe", "pictures", "pictures-recon"] + [
     f"{kind}-{init}" for kind in ("det", "seg", "pictures-det", "pictures-seg") for init in INITS]

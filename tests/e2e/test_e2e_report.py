@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from experiment.driver import ap_or_zero, compare, summarise
+from mae_transfer.experiment.driver import ap_or_zero, compare, summarise
 
 
 def test_summarise_uses_sample_std_and_keeps_seeds():
@@ -41,10 +41,10 @@ def test_no_predictions_count_as_zero_ap():
 def test_det_overrides_build_the_detector_with_the_asked_widths():
     """The e2e run's head-width settings reach the model (training and the demo pictures share
     them, so the demo can load the trained weights)."""
-    import detection.compat  # noqa: F401  (before any detectron2 import)
+    import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
     from detectron2.config import LazyConfig, instantiate
 
-    from experiment.driver import DET_CONFIG, REPO, det_overrides
+    from mae_transfer.experiment.driver import DET_CONFIG, REPO, det_overrides
 
     cfg = dict(arch="vit_mini_patch16", det_channels=48, det_fc=96)
     overrides = det_overrides(cfg, num_classes=5)

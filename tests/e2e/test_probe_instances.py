@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from experiment.probe import main, pool_over_mask, probe
-from tools.synthetic_data import make_shapes_dataset
+from mae_transfer.experiment.probe import main, pool_over_mask, probe
+from mae_transfer.tools.synthetic_data import make_shapes_dataset
 
 
 def test_pool_over_mask_weights_tokens_by_their_share_of_the_instance():

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.data import (CROP_STREAM, DatasetError, ImageFolderMAE, ResumableSampler, draft_scale,
+from mae_transfer.pretrain.data import (CROP_STREAM, DatasetError, ImageFolderMAE, ResumableSampler, draft_scale,
                            find_images, load_crop, normalize_batch, sample_crop, sample_rng,
                            training_root)
-from tools.synthetic_data import write_synthetic_images
+from mae_transfer.tools.synthetic_data import write_synthetic_images
 
 
 def _write_corrupt(folder):

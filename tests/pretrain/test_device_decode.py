@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.data import ImageFolderMAE
-from pretrain.device_decode import EncodedImageFolder, EncodedLoader, collate_encoded
-from pretrain.main import main
+from mae_transfer.pretrain.data import ImageFolderMAE
+from mae_transfer.pretrain.device_decode import EncodedImageFolder, EncodedLoader, collate_encoded
+from mae_transfer.pretrain.main import main
 
 CPU = torch.device("cpu")
 

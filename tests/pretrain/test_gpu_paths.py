@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from pretrain.main import build_optimizer, main
-from pretrain.model import build_mae
-from tools.synthetic_data import write_synthetic_images
+from mae_transfer.pretrain.main import build_optimizer, main
+from mae_transfer.pretrain.model import build_mae
+from mae_transfer.tools.synthetic_data import write_synthetic_images
 
 #: The shapes bench/acceptance.py --tiny compiles too (one cached graph for both).
 COMPILED = ["--model", "mae_vit_mini_patch16", "--input_size", "64", "--batch_size", "4",

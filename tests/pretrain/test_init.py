@@ -7,12 +7,12 @@ import pathlib
 import pytest
 import torch
 
-from backbones.pos_embed import sincos_2d
-from pretrain.init import init_from_checkpoint
-from pretrain.main import main
-from pretrain.model import build_mae
-from tools.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
-from tools.synthetic_data import write_synthetic_images
+from mae_transfer.backbones.pos_embed import sincos_2d
+from mae_transfer.pretrain.init import init_from_checkpoint
+from mae_transfer.pretrain.main import main
+from mae_transfer.pretrain.model import build_mae
+from mae_transfer.tools.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
+from mae_transfer.tools.synthetic_data import write_synthetic_images
 
 MINI = "mae_vit_mini_patch16"
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from pretrain.init import init_from_checkpoint
-from pretrain.model import build_mae
-from tools.checkpoints import CheckpointError
+from mae_transfer.pretrain.init import init_from_checkpoint
+from mae_transfer.pretrain.model import build_mae
+from mae_transfer.tools.checkpoints import CheckpointError
 
 
 @pytest.mark.parametrize("state, layout", [

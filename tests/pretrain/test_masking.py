@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pretrain.masking import (gather_tokens, masking_from_noise, normalize_patches, num_visible,
+from mae_transfer.pretrain.masking import (gather_tokens, masking_from_noise, normalize_patches, num_visible,
                               patchify, reconstruction_loss, restore_order, unpatchify)
 
 

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from backbones import build_vit
-from pretrain.main import build_optimizer
-from pretrain.masking import num_visible
-from pretrain.model import MAE_MODELS, build_mae, mae_from_config
-from pretrain.restore import infer_config
-from backbones.pos_embed import sincos_2d
+from mae_transfer.backbones import build_vit
+from mae_transfer.pretrain.main import build_optimizer
+from mae_transfer.pretrain.masking import num_visible
+from mae_transfer.pretrain.model import MAE_MODELS, build_mae, mae_from_config
+from mae_transfer.pretrain.restore import infer_config
+from mae_transfer.backbones.pos_embed import sincos_2d
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_config_rebuilds_the_same_model(mae):
 
 @pytest.mark.parametrize("name", sorted(MAE_MODELS))
 def test_named_models_have_the_paper_sizes(name):
-    from pretrain.model import mae_config
+    from mae_transfer.pretrain.model import mae_config
     cfg = mae_config(name)
     if name in ("mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14"):
         assert (cfg["decoder_embed_dim"], cfg["decoder_depth"]) == (512, 8)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.checkpoint import (atomic_save, load_training_checkpoint, plain, rng_state,
+from mae_transfer.pretrain.checkpoint import (atomic_save, load_training_checkpoint, plain, rng_state,
                                  set_rng_state)
-from pretrain.schedule import apply_lr, effective_lr, lr_at
-from tools.checkpoints import CheckpointError
+from mae_transfer.pretrain.schedule import apply_lr, effective_lr, lr_at
+from mae_transfer.tools.checkpoints import CheckpointError
 
 
 def _draw():

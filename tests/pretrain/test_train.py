@@ -7,13 +7,13 @@ import sys
 import pytest
 import torch
 
-from backbones import build_vit, load_pretrained
-from pretrain.data import ImageFolderMAE, normalize_batch
-from pretrain.main import main
-from pretrain.model import build_mae
-from pretrain.restore import load_mae
-from tools.checkpoints import read_checkpoint
-from tools.synthetic_data import write_synthetic_images
+from mae_transfer.backbones import build_vit, load_pretrained
+from mae_transfer.pretrain.data import ImageFolderMAE, normalize_batch
+from mae_transfer.pretrain.main import main
+from mae_transfer.pretrain.model import build_mae
+from mae_transfer.pretrain.restore import load_mae
+from mae_transfer.tools.checkpoints import read_checkpoint
+from mae_transfer.tools.synthetic_data import write_synthetic_images
 
 pytestmark = pytest.mark.slow
 
@@ -225,7 +225,7 @@ def test_sigterm_saves_and_stops_cleanly(repo_root, images, tmp_path):
     import signal
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pretrain.main", "--data_path", str(images), "--output_dir",
+    cmd = [sys.executable, "-m", "mae_transfer.pretrain.main", "--data_path", str(images), "--output_dir",
            str(out), *TINY[:-4], "--num_workers", "2", "--batch_size", "4", "--epochs", "1000",
            "--log_every", "1", "--vis_every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}

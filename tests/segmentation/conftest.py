@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segmentation import compat  # noqa: F401  (before mmseg)
+from mae_transfer.segmentation import compat  # noqa: F401  (before mmseg)
 
 TINY_CONFIG = "segmentation/configs/upernet_vit-mini_1xb4-40it_shapes-64x64.py"
 
@@ -38,9 +38,9 @@ def ade_root(shapes_dataset) -> Path:
 @pytest.fixture
 def tiny_cfg(tiny_config_path, ade_root):
     """The tiny CPU config pointed at the generated ADE-layout shapes set."""
-    import segmentation  # noqa: F401
+    import mae_transfer.segmentation  # noqa: F401
     from mmengine.config import Config
-    from segmentation.entry import adapt_to_device, set_data_root, sync_num_classes
+    from mae_transfer.segmentation.entry import adapt_to_device, set_data_root, sync_num_classes
 
     cfg = Config.fromfile(str(tiny_config_path))
     set_data_root(cfg, str(ade_root))
@@ -56,7 +56,7 @@ def mae_checkpoint(tmp_path_factory) -> Path:
     vit_mini at 224 px (a 14x14 pos_embed grid, as pretraining writes it), with random weights
     so that a correct load is visible as equality.
     """
-    from backbones import build_vit
+    from mae_transfer.backbones import build_vit
 
     torch.manual_seed(1)
     vit = build_vit("vit_mini_patch16", img_size=224)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import segmentation  # noqa: F401  (registers MAEViT and the constructor)
+import mae_transfer.segmentation  # noqa: F401  (registers MAEViT and the constructor)
 
 CONFIGS = {
     "B": "segmentation/configs/upernet_mae-vit-b_8xb2-160k_ade20k-512x512.py",
@@ -24,7 +24,7 @@ def narrow_recipe(repo_root: Path, size: str):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    from segmentation.entry import adapt_to_device
+    from mae_transfer.segmentation.entry import adapt_to_device
 
     cfg = Config.fromfile(str(repo_root / CONFIGS[size]))
     adapt_to_device(cfg, cuda=False)

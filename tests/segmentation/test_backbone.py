@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import segmentation  # noqa: F401  (registers MAEViT)
-from backbones import build_vit
-from segmentation.backbone import MAEViT, default_out_indices
-from tools.checkpoints import write_checkpoint
-from backbones.pos_embed import resize_pos_embed
+import mae_transfer.segmentation  # noqa: F401  (registers MAEViT)
+from mae_transfer.backbones import build_vit
+from mae_transfer.segmentation.backbone import MAEViT, default_out_indices
+from mae_transfer.tools.checkpoints import write_checkpoint
+from mae_transfer.backbones.pos_embed import resize_pos_embed
 
 BN = dict(type="BN", requires_grad=True)
 
@@ -146,8 +146,8 @@ def test_pretrained_given_twice_is_an_error(mae_checkpoint):
 
 def test_checkpoints_written_by_pretrain_load_without_missing_keys(tmp_path):
     """pretrain/'s two outputs: the training checkpoint (full MAE) and the encoder export."""
-    from pretrain.checkpoint import atomic_save
-    from pretrain.model import build_mae
+    from mae_transfer.pretrain.checkpoint import atomic_save
+    from mae_transfer.pretrain.model import build_mae
 
     torch.manual_seed(3)
     mae = build_mae("mae_vit_mini_patch16", img_size=64)

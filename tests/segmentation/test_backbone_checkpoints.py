@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import segmentation  # noqa: F401  (registers MAEViT)
-from segmentation.backbone import MAEViT
-from tools.checkpoints import CheckpointError
+import mae_transfer.segmentation  # noqa: F401  (registers MAEViT)
+from mae_transfer.segmentation.backbone import MAEViT
+from mae_transfer.tools.checkpoints import CheckpointError
 
 BN = dict(type="BN", requires_grad=True)
 

@@ -5,7 +5,7 @@ import importlib.util
 
 import torch
 
-import segmentation  # noqa: F401
+import mae_transfer.segmentation  # noqa: F401
 
 
 def load_bench(repo_root):

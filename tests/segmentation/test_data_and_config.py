@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import segmentation  # noqa: F401
-from segmentation.datasets import ADELayoutDataset, read_class_names
-from segmentation.entry import adapt_to_device, set_data_root, sync_num_classes
+import mae_transfer.segmentation  # noqa: F401
+from mae_transfer.segmentation.datasets import ADELayoutDataset, read_class_names
+from mae_transfer.segmentation.entry import adapt_to_device, set_data_root, sync_num_classes
 
 
 def dataset(root, split="training", **kw):

@@ -24,7 +24,7 @@ import sys
 import pytest
 import torch
 
-import segmentation  # noqa: F401
+import mae_transfer.segmentation  # noqa: F401
 
 
 def load_seg_bench(repo_root):

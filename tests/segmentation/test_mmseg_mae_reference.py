@@ -11,13 +11,13 @@ import pytest
 import torch
 from mmengine.config import Config
 
-import segmentation  # noqa: F401  (registers MAEViT; compat before mmseg)
+import mae_transfer.segmentation  # noqa: F401  (registers MAEViT; compat before mmseg)
 from mmseg.models.backbones.mae import MAE
 from mmseg.models.necks.featurepyramid import Feature2Pyramid
-from segmentation.backbone import MAEViT
-from backbones.beit_layout import from_mmseg_beit
-from tools.checkpoints import read_checkpoint, write_checkpoint
-from tools.convert_checkpoint import main as convert_main
+from mae_transfer.segmentation.backbone import MAEViT
+from mae_transfer.backbones.beit_layout import from_mmseg_beit
+from mae_transfer.tools.checkpoints import read_checkpoint, write_checkpoint
+from mae_transfer.tools.convert_checkpoint import main as convert_main
 
 BN = dict(type="BN", requires_grad=True)
 CONFIGS = {"B": ("segmentation/configs/upernet_mae-vit-b_8xb2-160k_ade20k-512x512.py", 12),

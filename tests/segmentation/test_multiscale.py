@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backbones.multiscale import MultiScaleAdapter
+from mae_transfer.backbones.multiscale import MultiScaleAdapter
 
 
 def test_adapter_output_shapes_and_strides():

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-import segmentation  # noqa: F401
+import mae_transfer.segmentation  # noqa: F401
 
 BASE_LR, WD, DECAY, DEPTH = 1e-3, 0.05, 0.65, 4
 
@@ -118,7 +118,7 @@ def test_schedulers_scale_every_group_from_its_own_initial_lr(built):
 
 
 def test_bad_paramwise_cfg_is_one_clear_error():
-    from segmentation.optim_constructor import ViTLayerDecayOptimizerConstructor as C
+    from mae_transfer.segmentation.optim_constructor import ViTLayerDecayOptimizerConstructor as C
 
     with pytest.raises(ValueError, match="layer_decay_rate"):
         C(dict(optimizer=dict(type="AdamW", lr=1e-4)), dict())

@@ -119,7 +119,7 @@ def test_demo_writes_overlays_and_label_maps(repo_root, trained, ade_root, tmp_p
 
 def test_bad_inputs_are_one_line_errors(repo_root, tmp_path, capsys):
     sys.path.insert(0, str(repo_root))
-    from tools.train_seg import main
+    from mae_transfer.tools.train_seg import main
 
     assert main([TINY, "--data-root", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -133,7 +133,7 @@ def test_bad_inputs_are_one_line_errors(repo_root, tmp_path, capsys):
 @pytest.mark.slow
 def test_unreadable_pretrained_file_is_one_line_error(repo_root, ade_root, tmp_path, capsys):
     sys.path.insert(0, str(repo_root))
-    from tools.train_seg import main
+    from mae_transfer.tools.train_seg import main
 
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
@@ -160,7 +160,7 @@ def test_heads_with_fewer_classes_than_the_data_stop_before_the_run(
     4 is out of bounds``, on the first label past the heads, or, as here, where the labels stay
     below 3, trains and evaluates over 150 classes without a word)."""
     sys.path.insert(0, str(repo_root))
-    from tools.train_seg import main
+    from mae_transfer.tools.train_seg import main
 
     root = ade_without_classes_txt
     for extra in ([], ["--eval-only", "--checkpoint", str(tmp_path / "iter_20.pth")]):
@@ -179,8 +179,8 @@ def test_heads_with_fewer_classes_than_the_data_stop_before_the_run(
 
 
 def test_the_named_override_or_a_classes_txt_is_accepted(repo_root, ade_without_classes_txt):
-    from segmentation.entry import load_config
-    from tools.train_seg import parse_args
+    from mae_transfer.segmentation.entry import load_config
+    from mae_transfer.tools.train_seg import parse_args
 
     root = str(ade_without_classes_txt)
     cfg = load_config(parse_args([TINY, "--data-root", root, "--cfg-options",
@@ -211,7 +211,7 @@ def test_demo_takes_the_class_count_from_the_checkpoint(repo_root, tiny_cfg, ade
                                                         capsys):
     sys.path.insert(0, str(repo_root))
     from mmseg.datasets import ADE20KDataset
-    from tools.demo_seg import main
+    from mae_transfer.tools.demo_seg import main
 
     image = sorted((ade_root / "images" / "validation").glob("*.jpg"))[0]
     # dataset_meta that disagrees with the weights: one line, not a failed strict load

@@ -22,10 +22,10 @@ from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import (FastRCNNConvFCHead, FastRCNNOutputLayers,
                                            MaskRCNNConvUpsampleHead, StandardROIHeads)
 
-from backbones import build_vit
-from backbones.layers import LayerNorm2d
-from detection.backbone import ViTDetBackbone
-from detection.rcnn import ViTDetRCNN
+from mae_transfer.backbones import build_vit
+from mae_transfer.backbones.layers import LayerNorm2d
+from mae_transfer.detection.backbone import ViTDetBackbone
+from mae_transfer.detection.rcnn import ViTDetRCNN
 
 LEVELS = ["p2", "p3", "p4", "p5"]
 POOLER_SCALES = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)

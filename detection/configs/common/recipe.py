@@ -20,7 +20,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 
-from tools.lr_decay import param_groups
+from mae_transfer.tools.lr_decay import param_groups
 
 COCO_TRAIN_IMAGES = 118_000
 BATCH_SIZE = 64
