@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, List
 
 import torch
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from mae_transfer.backbones.checkpoint_files import (CheckpointError, StateDict, describe_architecture,
                                         describe_layout, meta_grid, read_checkpoint,
                                         split_encoder)
-from mae_transfer.backbones.pos_embed import (infer_grid, resize_beit_table, resize_patch_kernel,
-                                 resize_pos_embed, resize_rel_pos)
+from mae_transfer.backbones.pos_embed import (PATCH_KERNEL_RESAMPLING, POS_EMBED_RESAMPLING,
+                                              infer_grid, resize_beit_table, resize_rel_pos)
 
 #: Block tensors that fine-tuning adds to a pretrained ViT (relative-position tables, layer scale):
 #: a checkpoint legitimately lacks them, and they start at zero / ``layer_scale_init``.
@@ -60,7 +61,8 @@ def _fit_pos_embed(pos: torch.Tensor, model, meta: dict) -> torch.Tensor:
     prefix, grid = infer_grid(pos.shape[1], hint=meta_grid(meta) or model.pretrain_grid)
     if prefix == 0:  # e.g. a ViTDet export without a cls slot: add a zero one
         pos = torch.cat([pos.new_zeros(1, 1, pos.shape[-1]), pos], dim=1)
-    return resize_pos_embed(pos, model.pretrain_grid, grid, num_prefix=1).to(target.dtype)
+    return resample_abs_pos_embed(pos, model.pretrain_grid, grid, num_prefix_tokens=1,
+                                  **POS_EMBED_RESAMPLING).to(target.dtype)
 
 
 def adapt_state_dict(state: StateDict, model, meta: dict | None = None, source: str = "checkpoint"
@@ -92,7 +94,8 @@ def adapt_state_dict(state: StateDict, model, meta: dict | None = None, source: 
     if kernel is not None and own_kernel is not None and kernel.ndim == 4 \
             and kernel.shape[:2] == own_kernel.shape[:2] and kernel.shape != own_kernel.shape:
         # e.g. MAE ViT-H's 14x14 patches in a detector that needs stride 16 (as ViTDet does)
-        state["patch_embed.proj.weight"] = resize_patch_kernel(kernel, own_kernel.shape[2:])
+        state["patch_embed.proj.weight"] = resample_patch_embed(
+            kernel, list(own_kernel.shape[2:]), **PATCH_KERNEL_RESAMPLING)
         resized.append("patch_embed.proj.weight")
     bad = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if bad:

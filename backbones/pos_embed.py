@@ -1,11 +1,14 @@
 """Position tables: MAE's 2-D sin-cos ``pos_embed``, and resizing of every table that has a grid.
 
-Absolute (``resize_pos_embed``), decomposed relative (``resize_rel_pos``), BEiT relative
-(``beit_rel_pos_index`` to look the table up, ``resize_beit_table``) and the patch kernel
-(``resize_patch_kernel``).
+What timm computes the same way comes from timm, called with the arguments of the reference
+recipe: absolute ``pos_embed`` (``resample_abs_pos_embed`` with ``POS_EMBED_RESAMPLING``), the
+patch kernel (``resample_patch_embed`` with ``PATCH_KERNEL_RESAMPLING``) and the BEiT index
+(``gen_relative_position_index``, inside ``beit_rel_pos_index``). Kept here: the decomposed
+relative tables (``resize_rel_pos``) and the BEiT table resize (``resize_beit_table``), whose
+reference arithmetic (MMSeg's cubic spline) timm does not reproduce.
 
 Every consumer (pretraining, checkpoint loading, detection and segmentation at other input sizes)
-goes through these functions, so a checkpoint's tables mean the same thing everywhere.
+goes through these, so a checkpoint's tables mean the same thing everywhere.
 Layout convention (official MAE / timm): ``(1, num_prefix + gh * gw, C)``, prefix (cls) rows
 first, then the grid in row-major order.
 """
@@ -16,6 +19,7 @@ from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import gen_relative_position_index
 
 
 def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -61,25 +65,19 @@ def infer_grid(num_tokens: int, num_prefix: int | None = None,
     raise ValueError(f"cannot read a grid from a pos_embed of {num_tokens} tokens")
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, new_grid: Sequence[int],
-                     old_grid: Sequence[int] | None = None, num_prefix: int = 1) -> torch.Tensor:
-    """Resize the grid part of ``pos_embed`` bicubically (align_corners=False); prefix rows kept.
+#: Keyword arguments for timm's ``resample_abs_pos_embed`` that make it compute what the official
+#: MAE (facebookresearch/mae ``util/pos_embed.py``, ``interpolate_pos_embed``) and ViTDet
+#: (facebookresearch/detectron2 ``detectron2/modeling/backbone/utils.py``, ``get_abs_pos``) compute:
+#: ``F.interpolate(mode="bicubic", align_corners=False)`` on the grid, no antialiasing, prefix
+#: rows kept. timm's default (``antialias=True``) uses another cubic kernel (a=-0.5, not -0.75)
+#: and would shift every fine-tuned checkpoint's position embeddings.
+POS_EMBED_RESAMPLING = {"interpolation": "bicubic", "antialias": False, "align_corners": False}
 
-    Same arithmetic as the official MAE ``interpolate_pos_embed`` and ViTDet's ``get_abs_pos``,
-    so results match checkpoints fine-tuned with either.
-    """
-    new_grid = tuple(int(g) for g in new_grid)
-    if old_grid is None:
-        num_prefix, old_grid = infer_grid(pos_embed.shape[1], num_prefix)
-    old_grid = tuple(int(g) for g in old_grid)
-    if old_grid == new_grid:
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
-    dim = grid.shape[-1]
-    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
+#: Keyword arguments for timm's ``resample_patch_embed`` (PI-resize, FlexiViT) as its authors
+#: resize patches (google-research/big_vision ``big_vision/models/proj/flexi/vit.py``,
+#: ``resample_patchemb``: bilinear, half-pixel centres, no antialiasing), rather than timm's
+#: default bicubic with antialiasing.
+PATCH_KERNEL_RESAMPLING = {"interpolation": "bilinear", "antialias": False}
 
 
 def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -103,9 +101,11 @@ def beit_rel_pos_index(grid: Tuple[int, int], table_grid: Tuple[int, int], num_p
                        device=None) -> torch.Tensor:
     """``(P + h*w, P + h*w)`` row indices into a BEiT table built for ``table_grid``.
 
-    Patch pairs index their offset ``(dy, dx)`` as ``(dy + Sh - 1) * (2*Sw - 1) + dx + Sw - 1``;
-    with one prefix (cls) token, row 0 (cls as query) uses the cls->patch row, column 0 (cls as
-    key) the patch->cls row and (0, 0) the cls->cls row, as BEiT and MMSeg lay the table out.
+    timm's ``gen_relative_position_index`` (BEiT's and MMSeg's layout): patch pairs index their
+    offset ``(dy, dx)`` as ``(dy + Sh - 1) * (2*Sw - 1) + dx + Sw - 1``; with one prefix (cls)
+    token, row 0 (cls as query) uses the cls->patch row, column 0 (cls as key) the patch->cls row
+    and (0, 0) the cls->cls row. timm builds it only for the table's own grid; a smaller grid
+    (a smaller input) uses the rows of its own offsets, i.e. the sub-matrix of its patches.
     """
     h, w = grid
     sh, sw = table_grid
@@ -118,20 +118,17 @@ def beit_rel_pos_index(grid: Tuple[int, int], table_grid: Tuple[int, int], num_p
     if num_prefix > 1:
         raise ValueError(f"BEiT relative position bias has rows for one cls token, "
                          f"got {num_prefix} prefix tokens")
+    # timm's index for the table's own grid (BEiT's layout, cls rows last), restricted to the
+    # patches of the smaller grid: their offsets index the same rows.
+    full = gen_relative_position_index((sh, sw), class_token=bool(num_prefix)).to(device)
+    if (h, w) == (sh, sw):
+        return full
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device),
                             indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
-    dy = ys[:, None] - ys[None, :] + sh - 1
-    dx = xs[:, None] - xs[None, :] + sw - 1
-    index = dy * (2 * sw - 1) + dx
-    if not num_prefix:
-        return index
-    grid_rows = (2 * sh - 1) * (2 * sw - 1)
-    index = F.pad(index, (1, 0, 1, 0))
-    index[0, :] = grid_rows          # cls -> patch
-    index[:, 0] = grid_rows + 1      # patch -> cls
-    index[0, 0] = grid_rows + 2      # cls -> cls
-    return index
+    keep = (ys * sw + xs).flatten() + num_prefix
+    if num_prefix:
+        keep = torch.cat([keep.new_zeros(1), keep])
+    return full[keep][:, keep]
 
 
 def _geometric_offsets(src_side: int, dst_side: int):
@@ -161,13 +158,17 @@ def _geometric_offsets(src_side: int, dst_side: int):
 def resize_beit_table(table: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """Resize a BEiT relative-position table ``((2S-1)^2 + 3, heads)`` to a model built for ``grid``.
 
-    The load-time resize of BEiT's and MMSeg's loaders (``resize_rel_pos_embed``): the offset
-    square is re-sampled per head with a bicubic interpolating spline on geometrically spread
-    source offsets (``_geometric_offsets``), so the centre (small offsets, what attention uses
-    most) is preserved and the rim stretched; the three cls rows are kept. Their loaders call
-    SciPy's ``interp2d`` (removed in SciPy 1.14); the same spline (s=0, cubic both ways) is
-    ``RectBivariateSpline``. The source grid must be square (it is read from the row count); the
-    target may be any ``(h, w)``: each axis is stretched on its own.
+    Reproduces the load-time resize of open-mmlab/mmsegmentation ``mmseg/models/backbones/beit.py``
+    (``BEiT.resize_rel_pos_embed`` -> ``_geometric_sequence_interpolation``, which MMSeg's ``MAE``
+    inherits; from microsoft/unilm ``beit/semantic_segmentation/mmcv_custom/checkpoint.py``): the
+    offset square is re-sampled per head with a bicubic interpolating spline on geometrically
+    spread source offsets (``_geometric_offsets``), so the centre (small offsets, what attention
+    uses most) is preserved and the rim stretched; the three cls rows are kept. MMSeg calls
+    SciPy's ``interp2d(kind='cubic')`` (removed in SciPy 1.14); the same spline (s=0, cubic both
+    ways) is ``RectBivariateSpline``. timm's ``resize_rel_pos_bias_table`` spreads the offsets
+    the same way but interpolates linearly (SciPy only behind an environment variable), so its
+    tables differ: not used. The source grid must be square (it is read from the row count); the
+    target may be any ``(h, w)`` (MMSeg refuses non-square): each axis is stretched on its own.
     """
     import numpy as np
     from scipy.interpolate import RectBivariateSpline
@@ -188,25 +189,3 @@ def resize_beit_table(table: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
                for i in range(heads)]
     resized = torch.from_numpy(np.stack(resized, axis=-1))
     return torch.cat([resized.reshape(dst_h * dst_w, heads).to(table.dtype), table[-extra:]])
-
-
-def resize_patch_kernel(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize a patch-embedding kernel ``(C, in, h, w)`` to ``size`` = (H, W), PI-resize style.
-
-    Why not plain interpolation of the kernel: a patch of H x W pixels holds more pixels than one
-    of h x w, so an interpolated kernel changes the token scale. PI-resize (FlexiViT, Beyer et al.
-    2023) instead solves for the kernel that gives, on a patch bilinearly resized from h x w to
-    H x W, the same token the old kernel gave on the original patch: ``w' = pinv(B)^T w``, with B
-    the (H*W, h*w) bilinear resize matrix. Exact when upsampling (e.g. MAE ViT-H's 14x14 patches
-    to the 16x16 a stride-16 detector needs), least-squares when downsampling.
-    """
-    out_ch, in_ch, h, w = weight.shape
-    new_h, new_w = int(size[0]), int(size[1])
-    if (h, w) == (new_h, new_w):
-        return weight
-    basis = torch.eye(h * w, dtype=torch.float64).reshape(h * w, 1, h, w)
-    resize = F.interpolate(basis, size=(new_h, new_w), mode="bilinear", align_corners=False)
-    resize = resize.reshape(h * w, new_h * new_w).T  # B: (H*W, h*w)
-    flat = weight.detach().to(torch.float64).reshape(out_ch * in_ch, h * w)
-    new = flat @ torch.linalg.pinv(resize)  # rows: (pinv(B)^T w)^T
-    return new.reshape(out_ch, in_ch, new_h, new_w).to(weight.dtype)

@@ -20,11 +20,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from mae_transfer.backbones.attention import Attention
-from mae_transfer.backbones.pos_embed import resize_pos_embed, sincos_2d
+from mae_transfer.backbones.pos_embed import POS_EMBED_RESAMPLING, sincos_2d
 
 #: Named architectures: (patch_size, embed_dim, depth, num_heads). Tiny/mini exist for CPU runs.
 VIT_ARCHS: Dict[str, Dict[str, int]] = {
@@ -145,8 +145,9 @@ class VisionTransformer(nn.Module):
 
     # ------------------------------------------------------------------------------ forward
     def abs_pos(self, grid: Tuple[int, int]) -> torch.Tensor:
-        """``pos_embed`` for a ``grid`` of patches (cls slot first), resized bicubically if needed."""
-        return resize_pos_embed(self.pos_embed, grid, self.pretrain_grid, num_prefix=1)
+        """``pos_embed`` for a ``grid`` of patches (cls slot first), resized as MAE / ViTDet do."""
+        return resample_abs_pos_embed(self.pos_embed, grid, self.pretrain_grid,
+                                      num_prefix_tokens=1, **POS_EMBED_RESAMPLING)
 
     def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Image ``(B, C, H, W)`` -> tokens ``(B, P + h*w, D)`` with position embeddings, and (h, w)."""

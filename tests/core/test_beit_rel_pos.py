@@ -1,9 +1,13 @@
 """The ViT's BEiT options: relative position tables (rel_pos_type='beit') and layer scale."""
+import numpy as np
 import pytest
 import torch
+from scipy.interpolate import make_interp_spline
+from timm.layers import resize_rel_pos_bias_table
 
 from mae_transfer.backbones import build_vit
-from mae_transfer.backbones.pos_embed import _geometric_offsets, resize_beit_table
+from mae_transfer.backbones.pos_embed import (_geometric_offsets, beit_rel_pos_index,
+                                              resize_beit_table)
 
 
 def _beit(**kw):
@@ -116,6 +120,78 @@ def test_geometric_offsets_keep_unit_steps_near_zero_and_reach_the_new_span():
     assert src[-1] == pytest.approx(31, abs=1e-3)  # the outermost offset lands on the new rim
     gaps = [b - a for a, b in zip(src[13:], src[14:])]
     assert all(g2 > g1 for g1, g2 in zip(gaps, gaps[1:]))  # geometrically widening
+
+
+@pytest.mark.parametrize("grid, table_grid", [((4, 4), (4, 4)), ((3, 5), (3, 5)),
+                                             ((2, 3), (4, 4)), ((3, 2), (3, 5))])
+@pytest.mark.parametrize("num_prefix", [0, 1])
+def test_index_is_each_pairs_offset_row_for_the_table_grid(grid, table_grid, num_prefix):
+    """timm's index (table grid) and its sub-matrix (smaller grid) against BEiT's rule, pair by
+    pair: offset (dy, dx) -> (dy + Sh - 1) * (2*Sw - 1) + dx + Sw - 1, then the three cls rows."""
+    (h, w), (sh, sw) = grid, table_grid
+    offsets = (2 * sh - 1) * (2 * sw - 1)
+    n = num_prefix + h * w
+    expected = torch.empty(n, n, dtype=torch.long)
+    for i in range(n):
+        for j in range(n):
+            if num_prefix and i == 0:
+                expected[i, j] = offsets + 2 if j == 0 else offsets
+            elif num_prefix and j == 0:
+                expected[i, j] = offsets + 1
+            else:
+                (yi, xi), (yj, xj) = divmod(i - num_prefix, w), divmod(j - num_prefix, w)
+                expected[i, j] = (yi - yj + sh - 1) * (2 * sw - 1) + xi - xj + sw - 1
+    assert torch.equal(beit_rel_pos_index(grid, table_grid, num_prefix), expected)
+
+
+def _mmseg_offsets(src_size, dst_size):
+    """MMSeg's ``BEiT._geometric_sequence_interpolation`` source and target offsets, as written
+    there (bisection for q, then cumulative gaps q^i)."""
+    left, right = 1.01, 1.5
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        if (1.0 - q ** (src_size // 2)) / (1.0 - q) > dst_size // 2:
+            right = q
+        else:
+            left = q
+    dis, cur = [], 1
+    for i in range(src_size // 2):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    t = dst_size // 2.0
+    return [-d for d in reversed(dis)] + [0] + dis, np.arange(-t, t + 0.1, 1.0)
+
+
+def _mmseg_resize(table, grid):
+    """MMSeg's resize, re-computed: its ``interp2d(kind='cubic')`` on a grid is the not-a-knot
+    cubic interpolating spline along each axis (evaluated at points clamped to the source range,
+    as FITPACK evaluates), here one axis after the other with ``make_interp_spline``."""
+    side = int((table.shape[0] - 3) ** 0.5)
+    y, out_y = _mmseg_offsets(side, 2 * grid[0] - 1)
+    x, out_x = _mmseg_offsets(side, 2 * grid[1] - 1)
+    out_y, out_x = np.clip(out_y, y[0], y[-1]), np.clip(out_x, x[0], x[-1])
+    heads = []
+    for i in range(table.shape[1]):
+        z = table[:-3, i].double().reshape(side, side).numpy()
+        along_y = make_interp_spline(y, z, k=3, axis=0)(out_y)
+        heads.append(make_interp_spline(x, along_y, k=3, axis=1)(out_x).reshape(-1))
+    return torch.cat([torch.from_numpy(np.stack(heads, axis=1)), table[-3:].double()])
+
+
+@pytest.mark.parametrize("side, grid", [(7, (5, 5)), (7, (6, 6)), (13, (14, 14)), (9, (3, 3)),
+                                        (7, (5, 3))])
+def test_resize_beit_table_is_mmsegs_cubic_resize_and_not_timms(side, grid):
+    """Stretch, shrink and (beyond MMSeg, which refuses them) a non-square target."""
+    torch.manual_seed(0)
+    table = torch.randn(side * side + 3, 3, dtype=torch.float64)
+    ours = resize_beit_table(table, grid)
+    rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+    assert ours.shape == (rows, 3)
+    assert torch.allclose(ours, _mmseg_resize(table, grid), atol=1e-9)
+    # timm spreads the offsets alike but interpolates linearly: other tables (least on a
+    # shrink, a near crop), far beyond float32 round-off
+    timm_table = resize_rel_pos_bias_table(table.float(), grid, (rows, 3)).double()
+    assert (timm_table - ours).abs().max() > 0.01
 
 
 def test_resize_beit_table_interpolates_cubics_exactly_and_keeps_cls_rows():

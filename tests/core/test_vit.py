@@ -2,10 +2,11 @@
 import pytest
 import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 
 from mae_transfer.backbones import VIT_ARCHS, build_vit
 from mae_transfer.backbones.attention import decomposed_rel_pos_bias
-from mae_transfer.backbones.pos_embed import resize_pos_embed
+from mae_transfer.backbones.pos_embed import POS_EMBED_RESAMPLING
 
 
 def _timm_twin(model, **kw):
@@ -97,7 +98,8 @@ def test_pos_embed_is_resized_bicubically_from_pretrain_grid():
     m = build_vit("vit_mini_patch16", img_size=64)
     pos = m.abs_pos((6, 5))
     assert pos.shape == (1, 31, 64)
-    assert torch.equal(pos, resize_pos_embed(m.pos_embed, (6, 5), (4, 4), num_prefix=1))
+    assert torch.equal(pos, resample_abs_pos_embed(m.pos_embed, (6, 5), (4, 4), num_prefix_tokens=1,
+                                                   **POS_EMBED_RESAMPLING))
     assert torch.equal(pos[:, :1], m.pos_embed[:, :1])
 
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timm.layers import resample_abs_pos_embed
 
 import mae_transfer.segmentation  # noqa: F401  (registers MAEViT)
 from mae_transfer.backbones import build_vit
 from mae_transfer.segmentation.backbone import MAEViT, default_out_indices
 from mae_transfer.tools.checkpoints import write_checkpoint
-from mae_transfer.backbones.pos_embed import resize_pos_embed
+from mae_transfer.backbones.pos_embed import POS_EMBED_RESAMPLING
 
 BN = dict(type="BN", requires_grad=True)
 
@@ -92,7 +93,8 @@ def _check_loaded(model, state):
     own = model.state_dict()
     for k, v in state.items():
         if k == "pos_embed":
-            ref = resize_pos_embed(v, model.pretrain_grid, (14, 14), num_prefix=1)
+            ref = resample_abs_pos_embed(v, model.pretrain_grid, (14, 14), num_prefix_tokens=1,
+                                         **POS_EMBED_RESAMPLING)
             assert torch.allclose(own[k], ref, atol=1e-6)
         elif k in own:
             assert torch.equal(own[k], v), k
