@@ -1,21 +1,24 @@
-"""COCO-format instance datasets for Detectron2: loaded as Detectron2 does, or strictly checked.
+"""COCO-format instance datasets for Detectron2: loaded by Detectron2, checked on top.
 
-Three ways to treat a json (``on_invalid``; ``--invalid-annotations`` of the entry points):
+The records always come from Detectron2's own ``load_coco_json``, so the official COCO jsons
+train exactly as in ViTDet. Before it reads the json, a validation pass (one extra parse of the
+json) does what ``on_invalid`` (``--invalid-annotations`` of the entry points) asks:
 
-- ``"detectron2"`` (default): the records Detectron2's own ``load_coco_json`` makes, so the
-  official COCO jsons train exactly as in ViTDet. Its rules (v0.6 and the current release): a
-  polygon with an odd number of coordinates or fewer than 3 points is dropped; an instance whose
-  polygons are all dropped is skipped and counted (one warning with the count, naming the first
-  ones); an instance with no ``segmentation`` at all is kept, without a mask; uncompressed RLE is
-  compressed; annotations of image ids missing from ``images`` are ignored with a warning. What
-  Detectron2 would stop on (a ``category_id`` not among the categories, an empty ``bbox``), or
-  fail on later inside a data-loader worker (an image file that is not there), stops here, at
-  load time, with one line naming the json, the image and the annotation.
+- ``"detectron2"`` (default): Detectron2's rules only (v0.6 and the current release): a polygon
+  with an odd number of coordinates or fewer than 3 points is dropped; an instance whose polygons
+  are all dropped is skipped (one warning here with the counts, naming the first instances, read
+  off Detectron2's records); an instance with no ``segmentation`` at all is kept, without a
+  mask; uncompressed RLE is compressed; annotations of image ids missing from ``images`` are
+  ignored with a warning. What Detectron2 would stop on (a ``category_id`` not among the
+  categories, an empty ``bbox``) with a traceback, or fail on later inside a data-loader worker
+  (an image file that is not there), stops here, at load time, with one line naming the json,
+  the image and the annotation.
 - ``"error"``: every annotation is checked and the first problem stops the run in one line:
 
     <json>: image 'train_0003.jpg' (id 3): annotation 17: bbox [10, 10, -4, 8] has a negative ...
 
-- ``"skip"``: the same checks, but bad annotations / images are dropped whole, with a warning.
+- ``"skip"``: the same checks, but bad annotations / images are dropped whole, with a warning
+  (Detectron2 then reads a copy of the json without them, in a temporary folder).
 
 Ways to register a dataset (see ``register_from_spec``, used by ``tools/train_det.py --dataset``):
 
@@ -31,12 +34,14 @@ import json
 import logging
 import math
 import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
+from detectron2.data.datasets import load_coco_json
 
 logger = logging.getLogger("mae_transfer.detection")
 
@@ -47,6 +52,8 @@ _REQUIRED_IMAGE_KEYS = ("id", "file_name", "height", "width")
 #: What to do with annotations that cannot be trained on (module docstring); first: default.
 INVALID_MODES = ("detectron2", "error", "skip")
 DEFAULT_ON_INVALID = INVALID_MODES[0]
+#: The dataset name Detectron2's loader gets when the caller gives none (removed after the load).
+_UNNAMED = "__mae_transfer_unnamed_coco__"
 
 
 class DatasetError(ValueError):
@@ -116,11 +123,6 @@ def _read_json(json_file: Path, hint: str = "") -> dict:
     return data
 
 
-def detectron2_polygons(polygons: list) -> list:
-    """The polygons Detectron2's ``load_coco_json`` keeps: even length, at least 3 points."""
-    return [poly for poly in polygons if len(poly) % 2 == 0 and len(poly) >= 6]
-
-
 def _detectron2_stop(ann: dict, category_ids) -> Optional[str]:
     """Why Detectron2 would stop on ``ann`` (its loader raises on an unknown category or an empty
     bbox; a missing one fails in the data loader), or None."""
@@ -131,43 +133,31 @@ def _detectron2_stop(ann: dict, category_ids) -> Optional[str]:
     return None
 
 
-def _to_record_annotation(ann: dict, segm, id_map: Dict[int, int]) -> dict:
-    """A Detectron2 record annotation (contiguous class id, compressed RLE), as Detectron2's."""
-    obj = {"bbox": list(ann["bbox"]), "bbox_mode": BoxMode.XYWH_ABS,
-           "category_id": id_map[ann["category_id"]], "iscrowd": int(ann.get("iscrowd", 0))}
-    if isinstance(segm, dict) and isinstance(segm.get("counts"), list):
-        from pycocotools import mask as mask_util  # uncompressed RLE -> compressed, as expected
-
-        segm = mask_util.frPyObjects(segm, *segm["size"])
-    if segm:  # Detectron2 keeps an instance without a mask when it has no segmentation
-        obj["segmentation"] = segm
-    return obj
+def _where(json_file: Path, image: dict, ann_id) -> str:
+    return f"{json_file}: image '{image['file_name']}' (id {image['id']}): annotation {ann_id}"
 
 
-def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = None,
-                        check_images: bool = True, on_invalid: str = DEFAULT_ON_INVALID,
-                        missing_hint: str = "") -> List[dict]:
-    """Detectron2 dataset dicts from a COCO instances json (see the module docstring).
+@dataclass
+class _Checked:
+    """What the validation pass leaves for the load: the json Detectron2 should read, and what to
+    report afterwards (the json itself is not kept: COCO train's is gigabytes in memory)."""
 
-    With ``dataset_name``, sets its metadata: ``thing_classes`` (categories sorted by id) and
-    ``thing_dataset_id_to_contiguous_id``. ``on_invalid``: ``"detectron2"`` (default) gives the
-    records of Detectron2's ``load_coco_json`` (invalid polygons dropped, instances left without
-    one skipped and counted); ``"error"`` raises ``DatasetError`` at the first bad annotation or
-    missing image; ``"skip"`` drops them and warns. ``missing_hint`` is appended to the error
-    for a missing json (where the data should be).
+    source: Path
+    skipped: List[str] = field(default_factory=list)  # "skip" mode: what was dropped, and why
+    #: "detectron2" mode: annotation id -> (its image entry, number of polygons in the json)
+    polygons: Dict[int, tuple] = field(default_factory=dict)
+
+
+def _check_json(json_file: Path, on_invalid: str, missing_hint: str, scratch: Path) -> _Checked:
+    """The validation pass over the json, before Detectron2 reads it (module docstring).
+
+    ``"detectron2"``: stop, in one line, where Detectron2 would stop; note every polygon list (to
+    report what Detectron2 drops). ``"error"``: stop at the first problem. ``"skip"``: collect
+    the problems and, if there are any, write the json without them to ``scratch`` (Detectron2
+    reads only files) under the same file name.
     """
-    if on_invalid not in INVALID_MODES:
-        raise ValueError(f"on_invalid must be one of {INVALID_MODES}, got {on_invalid!r}")
-    as_detectron2 = on_invalid == "detectron2"
-    json_file, image_root = Path(json_file), Path(image_root)
     data = _read_json(json_file, missing_hint)
-    categories = sorted(data["categories"], key=lambda c: c["id"])
-    id_map = {c["id"]: i for i, c in enumerate(categories)}
-    if dataset_name is not None:
-        meta = MetadataCatalog.get(dataset_name)
-        meta.thing_classes = [c["name"] for c in categories]
-        meta.thing_dataset_id_to_contiguous_id = id_map
-
+    category_ids = {c["id"] for c in data["categories"]}
     images: Dict[int, dict] = {}
     for i, img in enumerate(data["images"]):
         missing = [k for k in _REQUIRED_IMAGE_KEYS if k not in img]
@@ -175,71 +165,117 @@ def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = Non
             raise DatasetError(f"{json_file}: image entry {i} ({img.get('file_name', '?')!r}) "
                                f"lacks {missing}")
         images[img["id"]] = img
-    per_image: Dict[int, List[dict]] = {i: [] for i in images}
-    skipped: List[str] = []  # strict "skip" mode: what was dropped
-    orphans = 0  # annotations of images not in the json ("detectron2" mode ignores them)
-    dropped_polygons, no_polygon_left = 0, []  # "detectron2" mode
-
-    def reject(message: str) -> None:
-        if on_invalid == "skip":
-            skipped.append(message)
-        else:
-            raise DatasetError(message)
-
+    checked = _Checked(source=json_file)
+    rejected = set()  # Python ids of the annotations "skip" mode drops
     for ann in data["annotations"]:
         img = images.get(ann.get("image_id"))
+        if on_invalid == "detectron2":
+            if img is None:
+                continue  # Detectron2 ignores them, with a warning
+            problem = _detectron2_stop(ann, category_ids)
+            if problem:
+                raise DatasetError(f"{_where(json_file, img, ann.get('id'))}: {problem}")
+            if isinstance(ann.get("segmentation"), list) and ann["segmentation"]:
+                checked.polygons[ann.get("id")] = (img, len(ann["segmentation"]))
+            continue
         if img is None:
-            if as_detectron2:
-                orphans += 1
-            else:
-                reject(f"{json_file}: annotation {ann.get('id')} refers to image id "
+            problem = (f"{json_file}: annotation {ann.get('id')} refers to image id "
                        f"{ann.get('image_id')!r}, which is not in 'images'")
-            continue
-        where = (f"{json_file}: image '{img['file_name']}' (id {img['id']}): "
-                 f"annotation {ann.get('id')}")
-        segm = ann.get("segmentation")
-        if as_detectron2:
-            problem = _detectron2_stop(ann, id_map)
-            if problem:
-                raise DatasetError(f"{where}: {problem}")
-            if segm and isinstance(segm, list):
-                kept = detectron2_polygons(segm)
-                dropped_polygons += len(segm) - len(kept)
-                if not kept:
-                    no_polygon_left.append(where)
-                    continue
-                segm = kept
         else:
-            problem = annotation_problem(ann, img, id_map)
+            problem = annotation_problem(ann, img, category_ids)
             if problem:
-                reject(f"{where}: {problem}")
-                continue
-        per_image[img["id"]].append(_to_record_annotation(ann, segm, id_map))
+                problem = f"{_where(json_file, img, ann.get('id'))}: {problem}"
+        if problem and on_invalid == "error":
+            raise DatasetError(problem)
+        if problem:
+            checked.skipped.append(problem)
+            rejected.add(id(ann))
+    if rejected:
+        data["annotations"] = [a for a in data["annotations"] if id(a) not in rejected]
+        checked.source = scratch / json_file.name  # same name: Detectron2 reads it ("minival")
+        with open(checked.source, "w") as f:
+            json.dump(data, f)
+    return checked
 
-    records = []
-    for image_id in sorted(images):
-        img = images[image_id]
-        path = image_root / img["file_name"]
-        if check_images and not path.is_file():
-            reject(f"{json_file}: image '{img['file_name']}' (id {image_id}): file not found "
-                   f"at {path}")
-            continue
-        records.append({"file_name": str(path), "height": img["height"], "width": img["width"],
-                        "image_id": image_id, "annotations": per_image[image_id]})
-    if skipped:
-        logger.warning("%s: skipped %d invalid annotations / images, e.g.: %s", json_file,
-                       len(skipped), " | ".join(skipped[:3]))
-    if orphans:
-        logger.warning("%s: ignored %d annotations whose image id is not in 'images'",
-                       json_file, orphans)
-    if dropped_polygons:
+
+def _detectron2_records(source: Path, json_file: Path, image_root: Path,
+                        dataset_name: Optional[str]) -> Tuple[List[dict], Dict[int, dict]]:
+    """Detectron2's ``load_coco_json`` records, and their annotations by json ``id``.
+
+    Always under a dataset name, so that Detectron2 maps category ids to contiguous ones and
+    sets the metadata (a private name, removed again, when the caller gives none). The ids are
+    loaded as an extra annotation key and taken out again: the records stay Detectron2's. What
+    it still stops on (e.g. duplicate annotation ids) becomes one line naming the json.
+    """
+    name = dataset_name or _UNNAMED
+    try:
+        records = load_coco_json(str(source), str(image_root), name, extra_annotation_keys=["id"])
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise DatasetError(f"{json_file}: Detectron2's load_coco_json stops: "
+                           f"{type(exc).__name__}: {reason}") from exc
+    finally:
+        if dataset_name is None:
+            MetadataCatalog.remove(name)
+    return records, {obj.pop("id"): obj for r in records for obj in r["annotations"]}
+
+
+def _report_detectron2_repairs(json_file: Path, polygons: Dict[int, tuple],
+                               kept: Dict[int, dict]) -> None:
+    """Warn, naming instances, about the polygons Detectron2 dropped (read off its records)."""
+    dropped, emptied = 0, []
+    for ann_id, (image, count) in polygons.items():
+        obj = kept.get(ann_id)
+        dropped += count - len(obj["segmentation"]) if obj else count
+        if obj is None:
+            emptied.append(_where(json_file, image, ann_id))
+    if dropped:
         logger.warning("%s: dropped %d polygons with an odd number of coordinates or fewer than "
                        "3 points; filtered out %d instances left without a valid polygon "
-                       "(Detectron2's rule)%s", json_file, dropped_polygons,
-                       len(no_polygon_left),
-                       ", e.g.: " + " | ".join(no_polygon_left[:3]) if no_polygon_left else "")
-    logger.info("loaded %d images, %d annotations, %d categories from %s", len(records),
-                sum(len(r["annotations"]) for r in records), len(categories), json_file)
+                       "(Detectron2's rule)%s", json_file, dropped, len(emptied),
+                       ", e.g.: " + " | ".join(emptied[:3]) if emptied else "")
+
+
+def _missing_image_files(records: List[dict], image_root: Path, json_file: Path) -> Dict[int, str]:
+    """``image_id -> one-line problem`` for every record whose image file is not there."""
+    return {r["image_id"]: f"{json_file}: image '{os.path.relpath(r['file_name'], image_root)}' "
+                           f"(id {r['image_id']}): file not found at {r['file_name']}"
+            for r in records if not os.path.isfile(r["file_name"])}
+
+
+def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = None,
+                        check_images: bool = True, on_invalid: str = DEFAULT_ON_INVALID,
+                        missing_hint: str = "") -> List[dict]:
+    """Detectron2 dataset dicts from a COCO instances json (see the module docstring).
+
+    The records are always those of Detectron2's ``load_coco_json`` (contiguous category ids,
+    also without ``dataset_name``); with ``dataset_name`` it sets that dataset's metadata
+    (``thing_classes``, ``thing_dataset_id_to_contiguous_id``). A validation pass reads the json
+    first (one extra parse): ``on_invalid="detectron2"`` (default) stops in one line where
+    Detectron2 would stop and names the instances its polygon rule drops; ``"error"`` raises
+    ``DatasetError`` at the first bad annotation or missing image; ``"skip"`` drops them and
+    warns. ``missing_hint`` is appended to the error for a missing json (where the data should
+    be).
+    """
+    if on_invalid not in INVALID_MODES:
+        raise ValueError(f"on_invalid must be one of {INVALID_MODES}, got {on_invalid!r}")
+    json_file, image_root = Path(json_file), Path(image_root)
+    with tempfile.TemporaryDirectory(prefix="coco-checked-") as scratch:
+        checked = _check_json(json_file, on_invalid, missing_hint, Path(scratch))
+        records, kept = _detectron2_records(checked.source, json_file, image_root, dataset_name)
+    if on_invalid == "detectron2":
+        _report_detectron2_repairs(json_file, checked.polygons, kept)
+    missing = _missing_image_files(records, image_root, json_file) if check_images else {}
+    if missing and on_invalid != "skip":
+        raise DatasetError(next(iter(missing.values())))
+    if missing:
+        checked.skipped.extend(missing.values())
+        records = [r for r in records if r["image_id"] not in missing]
+    if checked.skipped:
+        logger.warning("%s: skipped %d invalid annotations / images, e.g.: %s", json_file,
+                       len(checked.skipped), " | ".join(checked.skipped[:3]))
+    logger.info("loaded %d images, %d annotations from %s", len(records),
+                sum(len(r["annotations"]) for r in records), json_file)
     return records
 
 

@@ -6,6 +6,7 @@ import pytest
 
 import mae_transfer.detection.compat  # noqa: F401
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
 from mae_transfer.detection.datasets import (DatasetError, check_num_classes, load_coco_instances,
@@ -68,6 +69,28 @@ def test_strict_mode_error_names_the_json_image_and_annotation(shapes_dataset, t
         assert f"annotation {ann['id']}:" in text
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_default_mode_records_are_detectron2s(shapes_dataset, split):
+    root = shapes_dataset["coco"]
+    js, images = root / "annotations" / f"instances_{split}.json", root / "images" / split
+    reference = load_coco_json(str(js), str(images), f"t_d2_{split}")
+    assert load_coco_instances(js, images, dataset_name=f"t_ours_{split}") == reference
+    assert sum(len(r["annotations"]) for r in reference) > len(reference)
+    # without a name: the same (contiguous) records, and no metadata left behind
+    before = set(MetadataCatalog.list())
+    assert load_coco_instances(js, images) == reference
+    assert set(MetadataCatalog.list()) == before
+
+
+def test_what_detectron2_still_stops_on_is_one_line(shapes_dataset, tmp_path):
+    root, data = _coco(shapes_dataset)
+    path, _, _ = _write_broken(tmp_path, data,
+                               lambda d, a, i: a.update(id=d["annotations"][0]["id"]))
+    with pytest.raises(DatasetError, match="are not unique") as err:
+        load_coco_instances(path, root / "images" / "train")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_skip_mode_drops_only_the_broken_annotation(shapes_dataset, tmp_path, caplog):
     root, data = _coco(shapes_dataset)
     path, image, ann = _write_broken(tmp_path, data,
@@ -76,6 +99,12 @@ def test_skip_mode_drops_only_the_broken_annotation(shapes_dataset, tmp_path, ca
     assert sum(len(r["annotations"]) for r in records) == len(data["annotations"]) - 1
     assert len(records) == 16
     assert f"image '{image['file_name']}'" in caplog.text and "skipped 1" in caplog.text
+    # = Detectron2's records of the json without that annotation
+    data["annotations"] = [a for a in data["annotations"] if a["id"] != ann["id"]]
+    clean = tmp_path / "clean.json"
+    clean.write_text(json.dumps(data))
+    reference = load_coco_json(str(clean), str(root / "images" / "train"), "t_skip_ref")
+    assert records == reference
 
 
 def test_json_problems_outside_annotations(tmp_path):
