@@ -70,8 +70,9 @@ def infer_grid(num_tokens: int, num_prefix: int | None = None,
 #: (facebookresearch/detectron2 ``detectron2/modeling/backbone/utils.py``, ``get_abs_pos``) compute:
 #: ``F.interpolate(mode="bicubic", align_corners=False)`` on the grid, no antialiasing, prefix
 #: rows kept. timm's default (``antialias=True``) uses another cubic kernel (a=-0.5, not -0.75)
-#: and would shift every fine-tuned checkpoint's position embeddings.
-POS_EMBED_RESAMPLING = {"interpolation": "bicubic", "antialias": False, "align_corners": False}
+#: and would shift every fine-tuned checkpoint's position embeddings. (align_corners is left to
+#: F.interpolate's default, False: older timm 1.0 releases have no such argument.)
+POS_EMBED_RESAMPLING = {"interpolation": "bicubic", "antialias": False}
 
 #: Keyword arguments for timm's ``resample_patch_embed`` (PI-resize, FlexiViT) as its authors
 #: resize patches (google-research/big_vision ``big_vision/models/proj/flexi/vit.py``,

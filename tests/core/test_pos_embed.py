@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
-from mae_transfer.backbones.pos_embed import (PATCH_KERNEL_RESAMPLING, POS_EMBED_RESAMPLING, infer_grid,
-                                              resize_rel_pos, sincos_2d)
+from mae_transfer.backbones.pos_embed import (PATCH_KERNEL_RESAMPLING, POS_EMBED_RESAMPLING,
+                                              infer_grid, resize_rel_pos, sincos_2d)
 
 
 def test_sincos_2d_matches_the_mae_formula():
