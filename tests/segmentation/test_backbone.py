@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mae_transfer.segmentation  # noqa: F401  (registers MAEViT)
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 from mae_transfer.backbones import build_vit
 from mae_transfer.segmentation.backbone import MAEViT, default_out_indices
 from mae_transfer.tools.checkpoints import write_checkpoint
