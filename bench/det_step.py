@@ -47,7 +47,9 @@ def synthetic_batch(batch: int, size: int, num_classes: int, seed: int = 0):
 
 def run_child(args) -> dict:
     """Time ``args.iters`` training steps of one attention variant; returns the measurements."""
-    import mae_transfer.detection.compat  # noqa: F401
+    from mae_transfer import detection
+
+    detection.setup()  # the framework fixes (detection/compat.py), before any detectron2 import
     from detectron2.config import LazyConfig, instantiate
     from detectron2.utils.events import EventStorage
 

@@ -81,8 +81,10 @@ def fake_batch(batch: int, size: int, seed: int = 0) -> dict:
 
 
 def child(args) -> dict:
-    from mae_transfer.segmentation import compat  # noqa: F401
-    import mae_transfer.segmentation  # noqa: F401
+    from mae_transfer import segmentation
+
+    segmentation.setup()  # the framework fixes (segmentation/compat.py), before any mmseg import
+    import mae_transfer.segmentation.registration  # noqa: F401  (MAEViT in MODELS)
     import torch
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
     from mmengine.registry import init_default_scope

@@ -14,13 +14,15 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 
-import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import Backbone
+from mae_transfer.detection import compat
 
-from mae_transfer.backbones.feature_pyramid import SimpleFeaturePyramid
-from mae_transfer.backbones.layers import LayerNorm2d, pyramid_scales
-from mae_transfer.backbones.vit import VisionTransformer
+compat.setup()  # Detectron2 v0.6 cannot be imported without it (no compiled _C, Image.LINEAR)
+from detectron2.layers import ShapeSpec  # noqa: E402
+from detectron2.modeling import Backbone  # noqa: E402
+
+from mae_transfer.backbones.feature_pyramid import SimpleFeaturePyramid  # noqa: E402
+from mae_transfer.backbones.layers import LayerNorm2d, pyramid_scales  # noqa: E402
+from mae_transfer.backbones.vit import VisionTransformer  # noqa: E402
 
 
 class ViTDetBackbone(Backbone):

@@ -20,7 +20,6 @@ from typing import List, Optional
 
 import torch
 
-import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.checkpoint import DetectionCheckpointer
 
 from mae_transfer.backbones.loading import LoadReport, check_coverage, load_state

@@ -1,6 +1,10 @@
-"""Make Detectron2 (v0.6 from the registry, or a current official build) import on this stack.
+"""Make Detectron2 (v0.6 from the registry, or a current official build) run on this stack.
 
-Import this module before any ``detectron2`` submodule; every fix is a no-op where not needed:
+Nothing here acts on import: ``setup()`` (also ``mae_transfer.detection.setup``) applies the fixes,
+once per process, and every fix is a no-op where not needed. The entry points call it first; the
+modules of this package that import Detectron2 at import time call it at their top, because
+Detectron2 v0.6 itself cannot be imported on this stack without it (``docs/development.md`` lists
+every fix, the upstream change it works around and its test):
 
 - ``detectron2._C`` missing (pure-Python install): deformable conv, rotated ROIAlign, rotated boxes
   and the fast COCO evaluator import it at module level -> ``ImportError: cannot import name '_C'``.
@@ -17,22 +21,50 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-from PIL import Image
+from mae_transfer.tools.stand_in import install_stand_in, is_stand_in
 
-from mae_transfer.tools.stand_in import install_stand_in
+EXTENSION = "detectron2._C"
+#: the numpy aliases Detectron2 v0.6 uses, removed in numpy 1.24
+NUMPY_ALIASES = (("int", int), ("float", float), ("object", object), ("str", str), ("bool", bool))
+NOT_COMPILED = "not compiled (pure-Python install)"
 
-for _alias, _builtin in (("int", int), ("float", float), ("object", object), ("str", str),
-                         ("bool", bool)):
-    if _alias not in np.__dict__:
-        setattr(np, _alias, _builtin)
-if not hasattr(Image, "LINEAR"):
-    Image.LINEAR = Image.BILINEAR
+_done = False
 
-#: True when this process runs Detectron2 without its compiled extension.
-HAS_STAND_IN_EXTENSION = install_stand_in("detectron2._C")
-if HAS_STAND_IN_EXTENSION:
-    _stand_in = sys.modules["detectron2._C"]
-    _stand_in.get_compiler_version = lambda: "not compiled (pure-Python install)"
-    _stand_in.get_cuda_version = lambda: "not compiled (pure-Python install)"
-    _stand_in.has_cuda = lambda: False
+
+def _restore_numpy_aliases() -> None:
+    import numpy as np
+
+    for alias, builtin in NUMPY_ALIASES:
+        if alias not in np.__dict__:
+            setattr(np, alias, builtin)
+
+
+def _restore_pil_linear() -> None:
+    from PIL import Image
+
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+
+
+def _install_extension_stand_in() -> None:
+    if install_stand_in(EXTENSION):
+        stand_in = sys.modules[EXTENSION]
+        stand_in.get_compiler_version = lambda: NOT_COMPILED
+        stand_in.get_cuda_version = lambda: NOT_COMPILED
+        stand_in.has_cuda = lambda: False
+
+
+def setup() -> None:
+    """Apply the fixes above (idempotent); call before importing any ``detectron2`` submodule."""
+    global _done
+    if _done:
+        return
+    _restore_numpy_aliases()
+    _restore_pil_linear()
+    _install_extension_stand_in()
+    _done = True
+
+
+def uses_stand_in_extension() -> bool:
+    """True when this process runs Detectron2 without its compiled extension (after ``setup``)."""
+    return is_stand_in(EXTENSION)

@@ -18,14 +18,16 @@ from typing import Dict, Optional
 
 import torch
 
-import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
-from detectron2.config import instantiate
-from detectron2.evaluation import inference_on_dataset
-from detectron2.utils import comm
-from tabulate import tabulate
+from mae_transfer.detection import compat
 
-from mae_transfer.tools.atomic import atomic_write
-from mae_transfer.detection.datasets import check_num_classes
+compat.setup()  # Detectron2 v0.6 cannot be imported without it (no compiled _C, Image.LINEAR)
+from detectron2.config import instantiate  # noqa: E402
+from detectron2.evaluation import inference_on_dataset  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from mae_transfer.tools.atomic import atomic_write  # noqa: E402
+from mae_transfer.detection.datasets import check_num_classes  # noqa: E402
 
 logger = logging.getLogger("mae_transfer.detection")
 

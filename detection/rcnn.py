@@ -19,9 +19,11 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
-from detectron2.modeling.meta_arch import GeneralizedRCNN
-from detectron2.structures import ImageList
+from mae_transfer.detection import compat
+
+compat.setup()  # Detectron2 v0.6 cannot be imported without it (no compiled _C, Image.LINEAR)
+from detectron2.modeling.meta_arch import GeneralizedRCNN  # noqa: E402
+from detectron2.structures import ImageList  # noqa: E402
 
 
 def square_side(height: int, width: int, square_size: int, size_divisibility: int = 0) -> int:

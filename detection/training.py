@@ -27,17 +27,21 @@ from typing import Mapping, Optional
 
 import torch
 
-import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
-from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import SimpleTrainer, create_ddp_model, default_setup, default_writers
-from detectron2.engine import hooks
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+from mae_transfer.detection import compat
 
-from mae_transfer.detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
-from mae_transfer.detection.cli import UsageError, apply_cpu_threads, register_datasets
-from mae_transfer.detection.datasets import check_num_classes
-from mae_transfer.detection.evaluation import evaluate
+compat.setup()  # Detectron2 v0.6 cannot be imported without it (no compiled _C, Image.LINEAR)
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.engine import (SimpleTrainer, create_ddp_model, default_setup,  # noqa: E402
+                               default_writers, hooks)
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from mae_transfer.detection.checkpointing import (AtomicCheckpointer,  # noqa: E402
+                                                  load_init_checkpoint)
+from mae_transfer.detection.cli import (UsageError, apply_cpu_threads,  # noqa: E402
+                                        register_datasets)
+from mae_transfer.detection.datasets import check_num_classes  # noqa: E402
+from mae_transfer.detection.evaluation import evaluate  # noqa: E402
 
 logger = logging.getLogger("mae_transfer.detection")
 

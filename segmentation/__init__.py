@@ -1,16 +1,12 @@
 """MMSegmentation side of mae-transfer: UperNet on the shared ViT.
 
-Importing this package (configs do it through ``custom_imports``) first applies
-``segmentation.compat`` (mmcv-lite, torch >= 2.6 checkpoint loading), then registers, in MMSeg's
-and MMEngine's registries: the ``MAEViT`` backbone, the ``ADELayoutDataset``, the
-``PerClassIoUMetric``, the ``SegResultsJSONHook`` and the ``ViTLayerDecayOptimizerConstructor``.
+Importing this package changes nothing outside it. ``setup()`` applies the process-wide framework
+fixes (``segmentation/compat.py``: mmcv-lite, a setuptools warning); the entry points call it
+before importing MMSeg. ``mae_transfer.segmentation.registration`` (what configs name in
+``custom_imports``) registers the ``MAEViT`` backbone, the ``ADELayoutDataset``, the
+``PerClassIoUMetric``, the ``SegResultsJSONHook``, the ``ViTLayerDecayOptimizerConstructor``, the
+``FullCheckpointRunner`` and the ``atomic_local`` file backend in MMSeg's and MMEngine's registries.
 """
-from mae_transfer.segmentation import compat  # noqa: F401  (must run before any mmseg / mmcv import)
-from mae_transfer.segmentation.backbone import MAEViT, default_out_indices
-from mae_transfer.segmentation.datasets import ADELayoutDataset, read_class_names
-from mae_transfer.segmentation.hooks import SegResultsJSONHook
-from mae_transfer.segmentation.metrics import PerClassIoUMetric
-from mae_transfer.segmentation.optim_constructor import ViTLayerDecayOptimizerConstructor
+from mae_transfer.segmentation.compat import setup, uses_stand_in_extension
 
-__all__ = ["MAEViT", "default_out_indices", "ADELayoutDataset", "read_class_names",
-           "SegResultsJSONHook", "PerClassIoUMetric", "ViTLayerDecayOptimizerConstructor"]
+__all__ = ["setup", "uses_stand_in_extension"]

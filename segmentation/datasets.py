@@ -15,8 +15,13 @@ from __future__ import annotations
 import os.path as osp
 from typing import List, Optional
 
-from mmseg.datasets import ADE20KDataset, BaseSegDataset
-from mmseg.registry import DATASETS
+from mae_transfer.segmentation import compat
+
+# mmseg.datasets imports mmcv.ops at import time, which needs mmcv._ext: on mmcv-lite only the
+# stand-in that setup() installs lets it import.
+compat.setup()
+from mmseg.datasets import ADE20KDataset, BaseSegDataset  # noqa: E402
+from mmseg.registry import DATASETS  # noqa: E402
 
 CLASSES_FILE = "classes.txt"
 

@@ -11,6 +11,9 @@ The config adaptations, each logged, are what a user would otherwise edit by han
   ``OptimWrapper`` (fp32), so the same config runs on a laptop (one process: MMEngine's
   multi-process launchers need GPUs, and are refused with a one-line error there).
 - the ``SegResultsJSONHook`` is added if a config lacks it, so every evaluation leaves JSON.
+- checkpoints are written whole or not at all (the ``atomic_local`` backend) even where a config
+  does not ask for it, and the Runner is ``FullCheckpointRunner`` (reads its own checkpoints on
+  torch >= 2.6) unless the config names another ``runner_type``.
 - ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile
   of the backbone; see ``compile_backbone``).
 """
@@ -22,13 +25,14 @@ import logging
 import os.path as osp
 from typing import Iterator, List, Optional
 
-from mae_transfer.segmentation import compat  # noqa: F401  (before mmseg / mmengine runner imports)
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 from mae_transfer.segmentation.class_count import check_num_classes, head_cfgs
 from mae_transfer.segmentation.datasets import read_class_names
+from mae_transfer.segmentation.file_backend import ATOMIC_BACKEND_ARGS
+from mae_transfer.segmentation.runner import FullCheckpointRunner
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -150,13 +154,27 @@ def load_config(args) -> Config:
     return cfg
 
 
-def build_runner(cfg: Config):
-    from mmengine.runner import Runner
+def ensure_atomic_checkpoints(cfg: Config) -> None:
+    """A local checkpoint hook without backend settings writes through ``atomic_local``.
 
+    Our configs select it themselves (``segmentation/file_backend.py``); a config from elsewhere
+    gets it here, so a crash mid-save never leaves a truncated checkpoint behind either.
+    """
+    hook = (cfg.get("default_hooks") or {}).get("checkpoint")
+    if (not isinstance(hook, dict) or hook.get("backend_args") or hook.get("file_client_args")
+            or "://" in str(hook.get("out_dir") or "")):
+        return
+    hook["backend_args"] = dict(ATOMIC_BACKEND_ARGS)
+    print_log(f"checkpoint hook: backend_args={ATOMIC_BACKEND_ARGS} (atomic writes)",
+              logger="current")
+
+
+def build_runner(cfg: Config):
+    """The config's ``runner_type``, else ``FullCheckpointRunner`` (reads its own checkpoints)."""
     if "runner_type" in cfg:
         from mmengine.registry import RUNNERS
         return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    return FullCheckpointRunner.from_cfg(cfg)
 
 
 def read_results(path: str) -> dict:
@@ -229,6 +247,7 @@ def compile_backbone(runner, options) -> None:
 
 def run_train(cfg: Config) -> Optional[dict]:
     ensure_results_hook(cfg)
+    ensure_atomic_checkpoints(cfg)
     options = cfg.pop("compile", None)
     runner = build_runner(cfg)
     if options:

@@ -12,16 +12,16 @@ import json
 import os.path as osp
 from typing import Dict, Optional
 
-from mae_transfer.segmentation import compat  # noqa: F401  (atomic local writes; before mmengine / mmseg)
 from mmengine.dist import master_only
-from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from mae_transfer.tools.atomic import atomic_write
+
 
 def write_json_atomic(obj, path: str) -> str:
-    """JSON to ``path`` through MMEngine's local backend, atomic once ``segmentation.compat`` ran."""
-    LocalBackend().put(json.dumps(obj, indent=2).encode("utf-8"), path)
+    """JSON to ``path``, all or nothing (``tools.atomic.atomic_write``)."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8"))
     return path
 
 

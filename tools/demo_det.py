@@ -22,7 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import mae_transfer.detection.compat  # noqa: E402,F401  (before any detectron2 import)
+from mae_transfer import detection  # noqa: E402
+
+detection.setup()  # the framework fixes (detection/compat.py), before any detectron2 import
 import detectron2.data.transforms as T  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402

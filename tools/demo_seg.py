@@ -20,13 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mae_transfer.segmentation import compat  # noqa: E402,F401  (before any mmseg / mmcv import)
-import mae_transfer.segmentation  # noqa: E402,F401
+from mae_transfer import segmentation  # noqa: E402
+
+segmentation.setup()  # the framework fixes (segmentation/compat.py), before any mmseg import
+import mae_transfer.segmentation.registration  # noqa: E402,F401  (MAEViT, the dataset, ...)
 
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
 from mae_transfer.segmentation.class_count import checkpoint_num_classes, head_cfgs  # noqa: E402
+from mae_transfer.segmentation.runner import runner_checkpoint_loading  # noqa: E402
 from mae_transfer.tools.image_inputs import list_images  # noqa: E402
 
 
@@ -82,7 +85,8 @@ def load_segmentor(config: str, checkpoint: str, device: str):
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"no checkpoint file {checkpoint}")
     try:
-        ckpt = _load_checkpoint(checkpoint, map_location="cpu")
+        with runner_checkpoint_loading():  # a checkpoint tools/train_seg.py (MMEngine) wrote
+            ckpt = _load_checkpoint(checkpoint, map_location="cpu")
     except Exception as exc:  # torch / pickle errors of a truncated or foreign file
         raise ValueError(f"cannot read checkpoint {checkpoint}: {type(exc).__name__}") from exc
     meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}

@@ -48,7 +48,10 @@ if ! "$PY" -c "import cv2" 2>/dev/null; then
   fi
 fi
 "$PY" - <<'PY'
-import mae_transfer.detection, mae_transfer.segmentation  # noqa: F401
+import mae_transfer.detection, mae_transfer.segmentation
+mae_transfer.detection.setup()  # the framework fixes (detection/compat.py, segmentation/compat.py)
+mae_transfer.segmentation.setup()
+import mae_transfer.detection.training, mae_transfer.segmentation.registration  # noqa: F401
 import torch, timm, mmseg, mmengine, mmcv, detectron2
 print(f"[install] ok: torch {torch.__version__}, timm {timm.__version__}, mmseg {mmseg.__version__}, "
       f"mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, detectron2 {detectron2.__version__}")

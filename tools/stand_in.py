@@ -47,3 +47,8 @@ def install_stand_in(module_name: str) -> bool:
     if parent in sys.modules:
         setattr(sys.modules[parent], child, stand_in)
     return True
+
+
+def is_stand_in(module_name: str) -> bool:
+    """True when ``module_name`` is loaded and is our stand-in (not the compiled extension)."""
+    return getattr(sys.modules.get(module_name), "__mae_transfer_stand_in__", False)

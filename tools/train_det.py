@@ -26,7 +26,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import mae_transfer.detection.compat  # noqa: E402,F401  (before any detectron2 import)
+from mae_transfer import detection  # noqa: E402
+
+detection.setup()  # the framework fixes (detection/compat.py), before any detectron2 import
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
 from mae_transfer.detection.cli import add_dataset_arguments, run_reporting_input_errors  # noqa: E402

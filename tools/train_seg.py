@@ -18,8 +18,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mae_transfer.segmentation import compat  # noqa: E402,F401  (before any mmseg / mmcv import)
-import mae_transfer.segmentation  # noqa: E402,F401  (registers MAEViT, the dataset, metric, hook, constructor)
+from mae_transfer import segmentation  # noqa: E402
+
+segmentation.setup()  # the framework fixes (segmentation/compat.py), before any mmseg import
+import mae_transfer.segmentation.registration  # noqa: E402,F401  (MAEViT, the dataset, ...)
 from mae_transfer.segmentation import entry  # noqa: E402
 from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
 

@@ -13,7 +13,11 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
-custom_imports = dict(imports=['mae_transfer.segmentation'], allow_failed_imports=False)
+# Registers MAEViT, the dataset, metric, hook, optimizer constructor, runner and file backend below.
+custom_imports = dict(imports=['mae_transfer.segmentation.registration'],
+                      allow_failed_imports=False)
+# Reads its own checkpoints on torch >= 2.6 (resume / load_from / test): segmentation/runner.py.
+runner_type = 'FullCheckpointRunner'
 
 crop_size = (512, 512)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
@@ -62,8 +66,9 @@ param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=1.0, by_epoch=False, begin=1500, end=160000),
 ]
 default_hooks = dict(
+    # backend_args: checkpoints written whole or not at all (segmentation/file_backend.py)
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=3,
-                    save_last=True))
+                    save_last=True, backend_args=dict(backend='atomic_local')))
 custom_hooks = [dict(type='SegResultsJSONHook')]
 # The 2x8 recipe's batch; with auto_scale_lr enabled MMEngine rescales lr for other batch sizes.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

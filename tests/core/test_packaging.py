@@ -1,4 +1,5 @@
 """The install exposes one import name, ``mae_transfer``, and nothing generic beside it."""
+import os
 import shutil
 import subprocess
 import sys
@@ -10,8 +11,11 @@ from mae_transfer import SUBPACKAGES
 
 
 def _run(code: str, cwd) -> str:
+    """Run ``code`` in a fresh interpreter in ``cwd``, with what the install gives and nothing else
+    (a PYTHONPATH naming a checkout would put its folders on the path by hand)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, check=True, text=True,
-                          capture_output=True).stdout
+                          capture_output=True, env=env).stdout
 
 
 def test_installed_package_imports_from_any_folder_and_exposes_no_bare_names(tmp_path):

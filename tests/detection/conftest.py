@@ -1,9 +1,14 @@
-"""Fixtures for the detection tests: the real COCO sample, when the shared data is present."""
+"""Setup and fixtures for the detection tests: the framework fixes, the real COCO sample."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from mae_transfer import detection
+
+# The framework fixes (detection/compat.py) before any test module imports detectron2.
+detection.setup()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.utils.events import EventStorage

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 
 from mae_transfer.backbones import build_vit, load_pretrained

@@ -10,7 +10,6 @@ import logging
 
 import pytest
 
-import mae_transfer.detection.compat  # noqa: F401
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 

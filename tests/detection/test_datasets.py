@@ -4,7 +4,6 @@ import shutil
 
 import pytest
 
-import mae_transfer.detection.compat  # noqa: F401
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode

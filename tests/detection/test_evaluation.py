@@ -12,7 +12,6 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, polygons_to_bitmask

@@ -13,7 +13,6 @@ import pytest
 import torch
 from detectron2.utils.events import EventStorage
 
-import mae_transfer.detection.compat  # noqa: F401
 from mae_transfer.detection.cli import UsageError
 from mae_transfer.detection.training import AutocastTrainer, amp_dtype, build_model, build_optimizer
 

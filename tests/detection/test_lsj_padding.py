@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.events import EventStorage
 

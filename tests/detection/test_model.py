@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 from detectron2.solver import LRMultiplier
 from detectron2.structures import Boxes, Instances, PolygonMasks

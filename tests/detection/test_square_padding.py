@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances, PolygonMasks

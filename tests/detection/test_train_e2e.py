@@ -61,7 +61,6 @@ def trained(shapes_dataset, pretrained, tmp_path_factory):
 
 
 def test_pretrain_encoder_export_fills_the_detector_backbone(pretrained):
-    import mae_transfer.detection.compat  # noqa: F401
     from detectron2.config import LazyConfig, instantiate
 
     from mae_transfer.detection.checkpointing import load_init_checkpoint

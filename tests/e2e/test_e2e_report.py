@@ -41,7 +41,9 @@ def test_no_predictions_count_as_zero_ap():
 def test_det_overrides_build_the_detector_with_the_asked_widths():
     """The e2e run's head-width settings reach the model (training and the demo pictures share
     them, so the demo can load the trained weights)."""
-    import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
+    from mae_transfer import detection
+
+    detection.setup()  # before any detectron2 import
     from detectron2.config import LazyConfig, instantiate
 
     from mae_transfer.experiment.driver import DET_CONFIG, REPO, det_overrides

@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mae_transfer.segmentation import compat  # noqa: F401  (before mmseg)
+from mae_transfer import segmentation
+
+# The framework fixes (segmentation/compat.py) before any test module imports mmseg.
+segmentation.setup()
 
 TINY_CONFIG = "segmentation/configs/upernet_vit-mini_1xb4-40it_shapes-64x64.py"
 
@@ -38,7 +41,7 @@ def ade_root(shapes_dataset) -> Path:
 @pytest.fixture
 def tiny_cfg(tiny_config_path, ade_root):
     """The tiny CPU config pointed at the generated ADE-layout shapes set."""
-    import mae_transfer.segmentation  # noqa: F401
+    import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
     from mmengine.config import Config
     from mae_transfer.segmentation.entry import adapt_to_device, set_data_root, sync_num_classes
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import mae_transfer.segmentation  # noqa: F401  (registers MAEViT and the constructor)
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 
 CONFIGS = {
     "B": "segmentation/configs/upernet_mae-vit-b_8xb2-160k_ade20k-512x512.py",

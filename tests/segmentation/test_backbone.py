@@ -5,7 +5,7 @@ import pytest
 import torch
 from timm.layers import resample_abs_pos_embed
 
-import mae_transfer.segmentation  # noqa: F401  (registers MAEViT)
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 from mae_transfer.backbones import build_vit
 from mae_transfer.segmentation.backbone import MAEViT, default_out_indices
 from mae_transfer.tools.checkpoints import write_checkpoint

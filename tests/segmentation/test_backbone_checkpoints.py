@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mae_transfer.segmentation  # noqa: F401  (registers MAEViT)
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 from mae_transfer.segmentation.backbone import MAEViT
 from mae_transfer.tools.checkpoints import CheckpointError
 

@@ -5,7 +5,7 @@ import importlib.util
 
 import torch
 
-import mae_transfer.segmentation  # noqa: F401
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 
 
 def load_bench(repo_root):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mae_transfer.segmentation  # noqa: F401
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 from mae_transfer.segmentation.datasets import ADELayoutDataset, read_class_names
 from mae_transfer.segmentation.entry import adapt_to_device, set_data_root, sync_num_classes
 
@@ -94,23 +94,3 @@ def test_full_configs_and_device_switch(repo_root):
     b.launcher = "pytorch"
     with pytest.raises(ValueError, match="--launcher pytorch needs GPUs"):
         adapt_to_device(b, cuda=False)
-
-
-def test_mmengine_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    """A write that fails midway leaves the previous file intact and no temporary behind."""
-    import os
-
-    from mmengine.fileio.backends.local_backend import LocalBackend
-
-    target = tmp_path / "iter_10.pth"
-    LocalBackend().put(b"first", target)
-    assert target.read_bytes() == b"first"
-
-    def failing_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        LocalBackend().put(b"second, cut short", target)
-    assert target.read_bytes() == b"first"
-    assert [p.name for p in tmp_path.iterdir()] == ["iter_10.pth"]

@@ -24,7 +24,7 @@ import sys
 import pytest
 import torch
 
-import mae_transfer.segmentation  # noqa: F401
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 
 
 def load_seg_bench(repo_root):

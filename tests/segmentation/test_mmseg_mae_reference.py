@@ -11,7 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-import mae_transfer.segmentation  # noqa: F401  (registers MAEViT; compat before mmseg)
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 from mmseg.models.backbones.mae import MAE
 from mmseg.models.necks.featurepyramid import Feature2Pyramid
 from mae_transfer.segmentation.backbone import MAEViT

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-import mae_transfer.segmentation  # noqa: F401
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 
 BASE_LR, WD, DECAY, DEPTH = 1e-3, 0.05, 0.65, 4
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from mmengine.structures import PixelData
 
-import mae_transfer.segmentation  # noqa: F401
+import mae_transfer.segmentation.registration  # noqa: F401  (registers MAEViT, ...)
 
 
 def build(cfg):
