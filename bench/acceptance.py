@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.acceptance_checks import ENTRY_CHECKS  # noqa: E402
 from bench.acceptance_report import markdown, summarize  # noqa: E402
+from mae_transfer.tools.image_inputs import is_jpeg  # noqa: E402
 
 PARTS = ("pretrain", "loader", "det", "seg", "entry")
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -65,8 +66,7 @@ def photo_folder(data: Path) -> Optional[Path]:
     """Full-size photos for the loader: ``<data>/coco-mini`` (640x480 COCO) when present,
     else ``<data>`` itself (any folder of JPEGs)."""
     for candidate in (data / "coco-mini", data):
-        if candidate.is_dir() and any(p.suffix.lower() in (".jpg", ".jpeg")
-                                      for p in candidate.rglob("*")):
+        if candidate.is_dir() and any(is_jpeg(p) for p in candidate.rglob("*")):
             return candidate
     return None
 

@@ -58,9 +58,9 @@ from PIL import Image
 
 from mae_transfer.experiment.agnostic_ap import class_agnostic_ap50
 from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.tools.image_inputs import data_root, is_image
 
-DEFAULT_IMAGES = Path(os.environ.get("MAE_TRANSFER_DATA", REPO.parent / "shared" / "data")) \
-    / "imagenet-sample"
+DEFAULT_IMAGES = data_root() / "imagenet-sample"
 DET_CONFIG = "detection/configs/mask_rcnn_vit_mini_e2e.py"
 SEG_CONFIG = "segmentation/configs/upernet_vit-mini_e2e_paste-128x128.py"
 INITS = ("mae", "random")
@@ -70,7 +70,6 @@ CLAIM_METRICS = ("box_AP", "mask_AP", "mIoU")
 METRICS = CLAIM_METRICS + ("box_AP50_agnostic",)
 #: The fine-tune configs' training crop (both tasks); the probe sees the images at this size too.
 FINETUNE_CROP = 128
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 #: Full run (about 70 minutes on 2 CPU cores) and the CI run (about two minutes).
 PRESETS = {
@@ -176,7 +175,7 @@ def shrink_images(run: Run, src: Path, short_side: int, limit: int = 0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     written = 0
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in src.rglob("*") if is_image(p))
     if limit:
         files = files[::max(1, len(files) // limit)]
     for path in files:
