@@ -51,3 +51,48 @@ def test_the_checker_sees_a_file_from_outside(tmp_path):
     assert unresolved([doc, code], root=tmp_path) == [
         "README.md:1 DESIGN.md", "README.md:2 docs/gone.md",
         "x.py:1 ENVIRONMENT.md"]
+
+
+SUBPACKAGES = ("backbones", "tools", "pretrain", "detection", "segmentation", "experiment")
+DOTTED = re.compile(r"`((?:mae_transfer\.)?(?:%s)\.[A-Za-z_][A-Za-z0-9_.]*)" % "|".join(SUBPACKAGES))
+
+
+def unimportable_names(docs, root=REPO):
+    """Dotted names in the docs that are not ``mae_transfer.<module>[.<name defined in it>]``:
+    bare subpackage names (``tools.lr_decay``), or modules and names the code does not have."""
+    found = []
+    for doc in docs:
+        for name in DOTTED.findall(doc.read_text()):
+            parts = name.split(".")
+            if parts[0] != "mae_transfer":
+                found.append(f"{doc.name}: {name} (the import name is mae_transfer.{name})")
+                continue
+            for cut in range(len(parts), 1, -1):  # longest module path that exists
+                module = root.joinpath(*parts[1:cut])
+                source = (module.with_suffix(".py") if module.with_suffix(".py").is_file()
+                          else module / "__init__.py")
+                if source.is_file():
+                    rest = parts[cut:]
+                    if rest and not re.search(rf"\b{rest[0]}\b", source.read_text()):
+                        found.append(f"{doc.name}: {name} ({rest[0]} not in {source.name})")
+                    break
+            else:
+                found.append(f"{doc.name}: {name} (no such module)")
+    return found
+
+
+def test_docs_name_modules_by_the_one_import_name():
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    assert unimportable_names(docs) == []
+
+
+def test_the_name_checker_sees_bare_and_unknown_names(tmp_path):
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "lr_decay.py").write_text("def param_groups(): pass\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text("`mae_transfer.tools.lr_decay.param_groups`, `tools.lr_decay`,\n"
+                   "`mae_transfer.tools.lr_decay.gone`, `mae_transfer.tools.nothing`\n")
+    assert unimportable_names([doc], root=tmp_path) == [
+        "doc.md: tools.lr_decay (the import name is mae_transfer.tools.lr_decay)",
+        "doc.md: mae_transfer.tools.lr_decay.gone (gone not in lr_decay.py)",
+        "doc.md: mae_transfer.tools.nothing (no such module)"]
