@@ -7,8 +7,8 @@
 
 Stages (each one the real entry point, run as a subprocess, its output in ``OUT/logs/``):
 
-1. ``images``: the unlabelled photos (``--images``, default ``<repo>/../shared/data/imagenet-sample``)
-   are shrunk once to a shorter side of ``--mae-size`` + 25% (``OUT/images/``). Why: on a CPU,
+1. ``images``: the unlabelled photos (``--images``, default ``imagenet-sample`` in the data root:
+   ``$MAE_TRANSFER_DATA``, else ``<repo>/../shared/data``) are shrunk once to a shorter side of ``--mae-size`` + 25% (``OUT/images/``). Why: on a CPU,
    decoding the full-size JPEGs costs ~15x more than the tiny ViT's training step;
 2. ``dataset``: the annotated set, real cut-outs pasted on the real photos, plus ``--unlabelled``
    images made from the train split's cut-outs with no label written

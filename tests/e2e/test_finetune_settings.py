@@ -28,47 +28,49 @@ def det_model(classes, arch, ch, fc):
             f"model.roi_heads.mask_head.conv_dims=[{ch},{ch},{ch}]"]
 
 
+def det_train(run, iters, seed):
+    return [f"train.output_dir=/runs/e2e/det/{run}", f"train.max_iter={iters}",
+            f"train.eval_period={iters}", f"train.checkpointer.period={iters}", f"train.seed={seed}"]
+
+
+def seg_options(iters, warmup, seed, arch):
+    return ["--cfg-options", f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
+            f"default_hooks.checkpoint.interval={iters}", f"param_scheduler.0.end={warmup}",
+            f"param_scheduler.1.begin={warmup}", f"param_scheduler.1.end={iters}",
+            f"randomness.seed={seed}", f"model.backbone.arch={arch}"]
+
+
 def test_default_run_commands_are_the_ones_built_before():
     jobs = commands(PRESETS["full"], [0, 1, 2])
     assert list(jobs) == [f"{task}-{init}-s{seed}" for seed in (0, 1, 2)
                           for init in ("mae", "random") for task in ("det", "seg")]
-    assert jobs["det-mae-s0"] == DET + [
-        "train.output_dir=/runs/e2e/det/mae-s0", "train.max_iter=1200", "train.eval_period=1200",
-        "train.checkpointer.period=1200", "train.seed=0",
-        *det_model(8, "vit_mini_patch16", 64, 256), f"train.init_checkpoint={ENC}"]
-    assert jobs["det-random-s2"] == DET + [
-        "train.output_dir=/runs/e2e/det/random-s2", "train.max_iter=1200",
-        "train.eval_period=1200", "train.checkpointer.period=1200", "train.seed=2",
-        *det_model(8, "vit_mini_patch16", 64, 256), "train.init_checkpoint="]
-    assert jobs["seg-mae-s1"] == SEG + [
-        "--pretrained", str(ENC), "--work-dir", "/runs/e2e/seg/mae-s1", "--cfg-options",
-        "train_cfg.max_iters=1000", "train_cfg.val_interval=1000",
-        "default_hooks.checkpoint.interval=1000", "param_scheduler.0.end=40",
-        "param_scheduler.1.begin=40", "param_scheduler.1.end=1000", "randomness.seed=1",
-        "model.backbone.arch=vit_mini_patch16"]
-    assert jobs["seg-random-s1"] == SEG + [
-        "--work-dir", "/runs/e2e/seg/random-s1", "--cfg-options", *jobs["seg-mae-s1"][-8:]]
+    assert jobs["det-mae-s0"] == DET + [*det_train("mae-s0", 1200, 0),
+                                        *det_model(8, "vit_mini_patch16", 64, 256),
+                                        f"train.init_checkpoint={ENC}"]
+    assert jobs["det-random-s2"] == DET + [*det_train("random-s2", 1200, 2),
+                                           *det_model(8, "vit_mini_patch16", 64, 256),
+                                           "train.init_checkpoint="]
+    assert jobs["seg-mae-s1"] == SEG + ["--pretrained", str(ENC), "--work-dir",
+                                        "/runs/e2e/seg/mae-s1",
+                                        *seg_options(1000, 40, 1, "vit_mini_patch16")]
+    assert jobs["seg-random-s1"] == SEG + ["--work-dir", "/runs/e2e/seg/random-s1",
+                                           *seg_options(1000, 40, 1, "vit_mini_patch16")]
 
 
 def test_ablation_flags_reach_the_commands_as_before():
     """``--det-channels 32 --det-fc 64``, ``--arch``, short schedules (warm-up at least one
     iteration), other seeds, the CI preset."""
     narrow = commands(dict(PRESETS["full"], det_channels=32, det_fc=64), [2], num_classes=5)
-    assert narrow["det-mae-s2"] == DET + [
-        "train.output_dir=/runs/e2e/det/mae-s2", "train.max_iter=1200", "train.eval_period=1200",
-        "train.checkpointer.period=1200", "train.seed=2",
-        *det_model(5, "vit_mini_patch16", 32, 64), f"train.init_checkpoint={ENC}"]
+    assert narrow["det-mae-s2"] == DET + [*det_train("mae-s2", 1200, 2),
+                                          *det_model(5, "vit_mini_patch16", 32, 64),
+                                          f"train.init_checkpoint={ENC}"]
     quick = commands(dict(PRESETS["quick"], arch="vit_mini_patch8"), [0], num_classes=3)
-    assert quick["det-random-s0"] == DET + [
-        "train.output_dir=/runs/e2e/det/random-s0", "train.max_iter=4", "train.eval_period=4",
-        "train.checkpointer.period=4", "train.seed=0", *det_model(3, "vit_mini_patch8", 32, 64),
-        "train.init_checkpoint="]
-    assert quick["seg-mae-s0"] == SEG + [
-        "--pretrained", str(ENC), "--work-dir", "/runs/e2e/seg/mae-s0", "--cfg-options",
-        "train_cfg.max_iters=4", "train_cfg.val_interval=4",
-        "default_hooks.checkpoint.interval=4", "param_scheduler.0.end=1",
-        "param_scheduler.1.begin=1", "param_scheduler.1.end=4", "randomness.seed=0",
-        "model.backbone.arch=vit_mini_patch8"]
+    assert quick["det-random-s0"] == DET + [*det_train("random-s0", 4, 0),
+                                            *det_model(3, "vit_mini_patch8", 32, 64),
+                                            "train.init_checkpoint="]
+    assert quick["seg-mae-s0"] == SEG + ["--pretrained", str(ENC), "--work-dir",
+                                         "/runs/e2e/seg/mae-s0",
+                                         *seg_options(4, 1, 0, "vit_mini_patch8")]
 
 
 def test_render_overrides_nests_dicts_and_indexes_lists_of_dicts():
