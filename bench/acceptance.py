@@ -9,8 +9,9 @@ out run is recorded with its error and the check goes on):
   pretrain  MAE ViT-B/16 and ViT-L/16 at 224 px, bf16 + SDPA + fused AdamW, with and without
             ``--compile``: img/s, MFU (fvcore FLOPs x3 / the GPU's bf16 peak), peak memory,
             visible-only vs all-patches speed-up; compile time reported apart (first step)
-  loader    ViT-B fed by the real loader from JPEG files (``--data``; the photos are cycled to
-            fill the run), all CPU cores as workers, decoded by the workers and on the GPU
+  loader    ViT-B fed by the real loader from JPEG files (``--data``, else the data root's;
+            generated ones, said in the output, where it has none, as in a plain clone; the
+            photos are cycled to fill the run), all CPU cores as workers, decoded by the workers and on the GPU
             (``--decode_on_device``): img/s end to end, loader img/s per CPU-second
   det       ViTDet-B Mask R-CNN train step, 1024 px, batch 2, bf16: fused vs explicit attention
   seg       UperNet ViT-B 512 px train step, ours vs MMSeg's own ``MAE`` backbone (same run)
