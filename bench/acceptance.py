@@ -9,8 +9,9 @@ out run is recorded with its error and the check goes on):
   pretrain  MAE ViT-B/16 and ViT-L/16 at 224 px, bf16 + SDPA + fused AdamW, with and without
             ``--compile``: img/s, MFU (fvcore FLOPs x3 / the GPU's bf16 peak), peak memory,
             visible-only vs all-patches speed-up; compile time reported apart (first step)
-  loader    ViT-B fed by the real loader from JPEG files (``--data``; the photos are cycled to
-            fill the run), all CPU cores as workers, decoded by the workers and on the GPU
+  loader    ViT-B fed by the real loader from JPEG files (``--data``, else the data root's;
+            generated ones, said in the output, where it has none, as in a plain clone; the
+            photos are cycled to fill the run), all CPU cores as workers, decoded by the workers and on the GPU
             (``--decode_on_device``): img/s end to end, loader img/s per CPU-second
   det       ViTDet-B Mask R-CNN train step, 1024 px, batch 2, bf16: fused vs explicit attention
   seg       UperNet ViT-B 512 px train step, ours vs MMSeg's own ``MAE`` backbone (same run)
@@ -36,16 +37,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.acceptance_checks import ENTRY_CHECKS  # noqa: E402
 from bench.acceptance_report import markdown, summarize  # noqa: E402
+from mae_transfer.tools.image_inputs import DATA_ENV, data_root, is_jpeg  # noqa: E402
 
 PARTS = ("pretrain", "loader", "det", "seg", "entry")
-DEFAULT_DATA = REPO.parent / "shared" / "data"
+#: Photos written for the loader and pretrain.sh parts where the data root has none (a plain
+#: clone): COCO's 640x480, enough to fill a batch of the size in use before they cycle.
+GENERATED_PHOTOS = {"tiny": 16, "full": 64}
 
 
 @dataclass
@@ -65,10 +69,32 @@ def photo_folder(data: Path) -> Optional[Path]:
     """Full-size photos for the loader: ``<data>/coco-mini`` (640x480 COCO) when present,
     else ``<data>`` itself (any folder of JPEGs)."""
     for candidate in (data / "coco-mini", data):
-        if candidate.is_dir() and any(p.suffix.lower() in (".jpg", ".jpeg")
-                                      for p in candidate.rglob("*")):
+        if candidate.is_dir() and any(is_jpeg(p) for p in candidate.rglob("*")):
             return candidate
     return None
+
+
+def choose_photos(data: Optional[Path], tiny: bool, work: Path) -> Tuple[Path, Optional[str]]:
+    """The photos of the loader and pretrain.sh parts, and a line for the output when they are
+    generated.
+
+    ``--data`` given: its photos (``photo_folder``), or the folder itself, so that a wrong path
+    fails those parts naming it. Not given: the data root's photos (``$MAE_TRANSFER_DATA``, else
+    ``../shared/data``); where it has none (a plain clone) generated 640x480 JPEGs in ``work``,
+    so that every part still runs, its speed then not that of real photos.
+    """
+    if data is not None:
+        return photo_folder(data) or data, None
+    root = data_root()
+    found = photo_folder(root)
+    if found is not None:
+        return found, None
+    from mae_transfer.tools.synthetic_data import write_synthetic_images
+
+    count = GENERATED_PHOTOS["tiny" if tiny else "full"]
+    folder = write_synthetic_images(work / "generated-photos", count=count, size=(480, 640))
+    return folder, (f"no photos under {root} (set {DATA_ENV} or pass --data DIR): the loader and "
+                    f"pretrain.sh parts run on {count} generated 640x480 JPEGs in {folder}")
 
 
 def sizes(tiny: bool, cpus: int) -> Dict[str, object]:
@@ -98,7 +124,7 @@ def plan(args, stamp: str) -> List[Run]:
     dev = ["--device", args.device]
     amp = ["--amp"] if args.device == "cpu" else []  # CPU: bf16 autocast only when asked
     peak = ["--peak_tflops", str(args.peak_tflops)] if args.peak_tflops else []
-    photos = photo_folder(args.data)
+    photos = args.photos or choose_photos(args.data, args.tiny, res)[0]
     runs: List[Run] = []
     last: List[Run] = []  # the costliest compilation goes last: a short budget drops it first
     if "pretrain" in args.parts:
@@ -124,7 +150,7 @@ def plan(args, stamp: str) -> List[Run]:
                    "--steps", str(s["steps"]), "--warmup", str(s["warmup"]),
                    "--num_workers", str(s["workers"]), "--loader_batches",
                    str(s["loader_batches"]), "--skip_synthetic", "--end_to_end",
-                   "--data_path", str(photos or args.data), "--json", str(out)]
+                   "--data_path", str(photos), "--json", str(out)]
             if on_device:
                 cmd.append("--decode_on_device")
             runs.append(Run("loader", name, cmd, 150, out))
@@ -146,7 +172,7 @@ def plan(args, stamp: str) -> List[Run]:
     return runs + last
 
 
-def entry_runs(args, s, res: Path, photos: Optional[Path]) -> List[Run]:
+def entry_runs(args, s, res: Path, photos: Path) -> List[Run]:
     """A few iterations of each training entry point, on the device, with its GPU options."""
     from mae_transfer.tools.synthetic_data import make_shapes_dataset
 
@@ -157,7 +183,7 @@ def entry_runs(args, s, res: Path, photos: Optional[Path]) -> List[Run]:
     py = sys.executable
     pre, det, seg = res / "entry_pretrain", res / "entry_det", res / "entry_seg"
     steps = s["entry_steps"]
-    pretrain_cmd = ["bash", "tools/pretrain.sh", "--", "--data_path", str(photos or args.data),
+    pretrain_cmd = ["bash", "tools/pretrain.sh", "--", "--data_path", str(photos),
                     "--model", s["entry_model"], "--input_size", str(s["img"]), "--batch_size",
                     str(s["entry_batch"]), "--epochs", "1", "--steps_per_epoch", str(steps),
                     "--warmup_epochs", "0", "--log_every", "1", "--vis_every", "1",
@@ -252,9 +278,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="toy sizes: the same code in minutes")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"comma-separated subset of {','.join(PARTS)}")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                    help="photos for the loader and pretrain.sh (default ../shared/data; its "
-                         "coco-mini/ is used when present)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help=f"photos for the loader and pretrain.sh; its coco-mini/ is used when "
+                         f"present (default: ${DATA_ENV}, else ../shared/data; where that holds "
+                         f"no JPEGs, generated ones)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--budget_s", type=float, default=None,
                     help="wall-clock budget: a run gets at most what is left, runs that would "
@@ -280,7 +307,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.child_env = {"OMP_NUM_THREADS": "1"} if cpu else {}
     args.out = args.out.resolve()
     args.work = None  # main() picks the children's work folder
-    args.data = args.data.resolve()
+    args.data = args.data.resolve() if args.data is not None else None
+    args.photos = None  # main() picks them (choose_photos)
     return args
 
 
@@ -294,10 +322,14 @@ def main(argv=None) -> int:
     log_dir.mkdir(exist_ok=True)
     args.work = (args.out / f"runs-{stamp}" if args.keep_runs
                  else Path(tempfile.mkdtemp(prefix=f"acceptance-{stamp}-")))
-    report = {"info": info, "tiny": args.tiny, "parts": args.parts, "data": str(args.data),
-              "photos": str(photo_folder(args.data)), "budget_s": args.budget_s,
+    report = {"info": info, "tiny": args.tiny, "parts": args.parts,
+              "data": str(args.data or data_root()), "budget_s": args.budget_s,
               "started": datetime.datetime.now().isoformat(timespec="seconds"), "runs": []}
     try:
+        args.photos, report["photos_note"] = choose_photos(args.data, args.tiny, args.work)
+        report["photos"] = str(args.photos)
+        if report["photos_note"]:
+            print(report["photos_note"], flush=True)
         runs = plan(args, stamp)
     except Exception as exc:  # noqa: BLE001 - e.g. the shapes data could not be written
         runs = []

@@ -130,6 +130,7 @@ def markdown(report: Dict) -> str:
         f"torch {info.get('torch')}, {info.get('cpus')} CPU cores, started "
         f"{report.get('started')}, {report.get('wall_s')} s wall.",
         "",
+        *([f"Photos: {report['photos_note']}.", ""] if report.get("photos_note") else []),
         "| target | goal | measured | met |",
         "|---|---|---|---|",
     ]

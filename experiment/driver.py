@@ -7,8 +7,8 @@
 
 Stages (each one the real entry point, run as a subprocess, its output in ``OUT/logs/``):
 
-1. ``images``: the unlabelled photos (``--images``, default ``<repo>/../shared/data/imagenet-sample``)
-   are shrunk once to a shorter side of ``--mae-size`` + 25% (``OUT/images/``). Why: on a CPU,
+1. ``images``: the unlabelled photos (``--images``, default ``imagenet-sample`` in the data root:
+   ``$MAE_TRANSFER_DATA``, else ``<repo>/../shared/data``) are shrunk once to a shorter side of ``--mae-size`` + 25% (``OUT/images/``). Why: on a CPU,
    decoding the full-size JPEGs costs ~15x more than the tiny ViT's training step;
 2. ``dataset``: the annotated set, real cut-outs pasted on the real photos, plus ``--unlabelled``
    images made from the train split's cut-outs with no label written
@@ -23,7 +23,9 @@ Stages (each one the real entry point, run as a subprocess, its output in ``OUT/
    ``random``: none), with the same recipe and seed: Mask R-CNN (``tools/train_det.py``,
    ``detection/configs/mask_rcnn_vit_mini_e2e.py``) and UperNet (``tools/train_seg.py``,
    ``segmentation/configs/upernet_vit-mini_e2e_paste-128x128.py``), ``--jobs`` at a time, each
-   on one thread; all evaluated on the held-out val split (its cut-outs never occur in train);
+   on one thread; all evaluated on the held-out val split (its cut-outs never occur in train).
+   Their settings are data, dicts of config keys (``det_settings``, ``seg_settings``), that one
+   function (``render_overrides``) writes as Detectron2 overrides and MMEngine ``--cfg-options``;
 5. ``pictures``: reconstruction grid (``tools/visualize_mae.py``), detection and segmentation
    overlays of both initialisations (``tools/demo_det.py``, ``tools/demo_seg.py``) side by side.
 
@@ -56,9 +58,9 @@ from PIL import Image
 
 from mae_transfer.experiment.agnostic_ap import class_agnostic_ap50
 from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.tools.image_inputs import data_root, is_image
 
-DEFAULT_IMAGES = Path(os.environ.get("MAE_TRANSFER_DATA", REPO.parent / "shared" / "data")) \
-    / "imagenet-sample"
+DEFAULT_IMAGES = data_root() / "imagenet-sample"
 DET_CONFIG = "detection/configs/mask_rcnn_vit_mini_e2e.py"
 SEG_CONFIG = "segmentation/configs/upernet_vit-mini_e2e_paste-128x128.py"
 INITS = ("mae", "random")
@@ -68,7 +70,6 @@ CLAIM_METRICS = ("box_AP", "mask_AP", "mIoU")
 METRICS = CLAIM_METRICS + ("box_AP50_agnostic",)
 #: The fine-tune configs' training crop (both tasks); the probe sees the images at this size too.
 FINETUNE_CROP = 128
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 #: Full run (about 70 minutes on 2 CPU cores) and the CI run (about two minutes).
 PRESETS = {
@@ -174,7 +175,7 @@ def shrink_images(run: Run, src: Path, short_side: int, limit: int = 0) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     written = 0
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in src.rglob("*") if is_image(p))
     if limit:
         files = files[::max(1, len(files) // limit)]
     for path in files:
@@ -288,15 +289,67 @@ def pretrain(run: Run, py: str, cfg: dict, images: Path, n_images: int, mae_dir:
         "--output_dir", mae_dir, "--resume", "auto"], threads=2)
 
 
-def det_overrides(cfg: dict, num_classes: int) -> List[str]:
-    """Detectron2 config overrides shared by training and the demo pictures (the model must be
-    built the same way to load its weights): class count, ViT, pyramid and head widths."""
-    ch, fc = cfg["det_channels"], cfg["det_fc"]
-    return [f"model.roi_heads.num_classes={num_classes}", f"model.backbone.net.name={cfg['arch']}",
-            f"model.backbone.out_channels={ch}",
-            f"model.roi_heads.box_head.conv_dims=[{ch},{ch}]",
-            f"model.roi_heads.box_head.fc_dims=[{fc}]",
-            f"model.roi_heads.mask_head.conv_dims=[{ch},{ch},{ch}]"]
+def render_overrides(settings: Dict[str, object]) -> List[str]:
+    """Settings as ``key=value`` strings, the form of both Detectron2's LazyConfig overrides and
+    MMEngine's ``--cfg-options``.
+
+    Keys are dotted config paths; a dict value nests (``{"train": {"seed": 0}}`` is
+    ``train.seed=0``) and a list of dicts addresses the config's list items by position
+    (``param_scheduler.1.end=...``). A list of plain values is one value, ``[a,b]`` (no spaces:
+    each override is one argument); ``None`` is the empty value (``train.init_checkpoint=``: none).
+    """
+    rendered = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            rendered += [f"{key}.{item}" for item in render_overrides(value)]
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            rendered += [f"{key}.{i}.{item}" for i, v in enumerate(value)
+                         for item in render_overrides(v)]
+        else:
+            rendered.append(f"{key}={_override_value(value)}")
+    return rendered
+
+
+def _override_value(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def det_model_settings(cfg: dict, num_classes: int) -> Dict[str, object]:
+    """The detector's shape, shared by training and the demo pictures (the model must be built
+    the same way to load its weights): class count, ViT, pyramid and head widths. Detectron2's
+    mask head takes its upsampling deconv's width as the last of ``conv_dims``."""
+    ch = cfg["det_channels"]
+    return {"model.roi_heads.num_classes": num_classes, "model.backbone.net.name": cfg["arch"],
+            "model.backbone.out_channels": ch,
+            "model.roi_heads.box_head.conv_dims": [ch, ch],
+            "model.roi_heads.box_head.fc_dims": [cfg["det_fc"]],
+            "model.roi_heads.mask_head.conv_dims": [ch, ch, ch]}
+
+
+def det_settings(cfg: dict, seed: int, out: Path, num_classes: int,
+                 init_checkpoint: Optional[Path]) -> Dict[str, object]:
+    """One Mask R-CNN fine-tune: ``det_iters`` iterations, evaluated and saved once at the end;
+    ``init_checkpoint`` None: random init."""
+    n = cfg["det_iters"]
+    return {"train.output_dir": out, "train.max_iter": n, "train.eval_period": n,
+            "train.checkpointer.period": n, "train.seed": seed,
+            **det_model_settings(cfg, num_classes), "train.init_checkpoint": init_checkpoint}
+
+
+def seg_settings(cfg: dict, seed: int) -> Dict[str, object]:
+    """One UperNet fine-tune: ``seg_iters`` iterations, validated and saved once at the end. The
+    e2e config's two schedulers, in its order: linear warm-up over the first 4% of the
+    iterations, then poly decay to the end."""
+    n = cfg["seg_iters"]
+    warmup = max(1, n // 25)
+    return {"train_cfg.max_iters": n, "train_cfg.val_interval": n,
+            "default_hooks.checkpoint.interval": n,
+            "param_scheduler": [{"end": warmup}, {"begin": warmup, "end": n}],
+            "randomness.seed": seed, "model.backbone.arch": cfg["arch"]}
 
 
 def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
@@ -304,28 +357,18 @@ def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
     """(name, command) of every fine-tune: task x seed x init, same recipe for both inits."""
     jobs = []
     coco, ade = run.out / "paste" / "coco", run.out / "paste" / "ade" / "ADEChallengeData2016"
-    n_det, n_seg, arch = cfg["det_iters"], cfg["seg_iters"], cfg["arch"]
     for seed in seeds:
         for init in INITS:
+            checkpoint = encoder if init == "mae" else None
             det_out = run.out / "det" / f"{init}-s{seed}"
-            det_cmd = [py, "tools/train_det.py", "--config", DET_CONFIG,
-                       "--dataset", f"paste={coco}", f"train.output_dir={det_out}",
-                       f"train.max_iter={n_det}", f"train.eval_period={n_det}",
-                       f"train.checkpointer.period={n_det}", f"train.seed={seed}",
-                       *det_overrides(cfg, num_classes),
-                       f"train.init_checkpoint={encoder if init == 'mae' else ''}"]
-            jobs.append((f"det-{init}-s{seed}", det_cmd))
-            seg_out = run.out / "seg" / f"{init}-s{seed}"
-            seg_cmd = [py, "tools/train_seg.py", SEG_CONFIG, "--data-root", ade,
-                       "--work-dir", seg_out, "--cfg-options", f"train_cfg.max_iters={n_seg}",
-                       f"train_cfg.val_interval={n_seg}", f"default_hooks.checkpoint.interval={n_seg}",
-                       f"param_scheduler.0.end={max(1, n_seg // 25)}",
-                       f"param_scheduler.1.begin={max(1, n_seg // 25)}",
-                       f"param_scheduler.1.end={n_seg}", f"randomness.seed={seed}",
-                       f"model.backbone.arch={arch}"]
-            if init == "mae":
-                seg_cmd[5:5] = ["--pretrained", encoder]
-            jobs.append((f"seg-{init}-s{seed}", seg_cmd))
+            jobs.append((f"det-{init}-s{seed}", [
+                py, "tools/train_det.py", "--config", DET_CONFIG, "--dataset", f"paste={coco}",
+                *render_overrides(det_settings(cfg, seed, det_out, num_classes, checkpoint))]))
+            pretrained = ["--pretrained", checkpoint] if checkpoint else []
+            jobs.append((f"seg-{init}-s{seed}", [
+                py, "tools/train_seg.py", SEG_CONFIG, "--data-root", ade, *pretrained,
+                "--work-dir", run.out / "seg" / f"{init}-s{seed}",
+                "--cfg-options", *render_overrides(seg_settings(cfg, seed))]))
     return jobs
 
 
@@ -361,7 +404,7 @@ def pictures(run: Run, py: str, mae_dir: Path, seed: int, workers: int, cfg: dic
     photos = photos[::max(1, len(photos) // 6)][:6]
     jobs = [("pictures-recon", [py, "tools/visualize_mae.py", mae_dir / "checkpoint-last.pth",
                                 *photos, "--out", pic / "reconstruction.png", "--device", "cpu"])]
-    det_cfg = det_overrides(cfg, num_classes_of(run.out))
+    det_cfg = render_overrides(det_model_settings(cfg, num_classes_of(run.out)))
     coco = run.out / "paste" / "coco"
     for init in INITS:
         jobs.append((f"pictures-det-{init}", [

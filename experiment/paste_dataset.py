@@ -51,7 +51,7 @@ from PIL import Image, ImageDraw
 
 
 from mae_transfer.tools.annotated_sets import JPEG_QUALITY, AnnotatedSetWriter, Instance, rasterise
-from mae_transfer.tools.image_inputs import is_image
+from mae_transfer.tools.image_inputs import data_root, is_image
 
 log = logging.getLogger("mae_transfer.paste")
 
@@ -696,9 +696,7 @@ def _range(text: str, kind=int):
 
 def default_backgrounds() -> Path:
     """``$MAE_TRANSFER_DATA/imagenet-sample``, else ``<repo>/../shared/data/imagenet-sample``."""
-    repo = Path(__file__).resolve().parents[1]
-    data = Path(os.environ.get("MAE_TRANSFER_DATA") or repo.parent / "shared" / "data")
-    return data / "imagenet-sample"
+    return data_root() / "imagenet-sample"
 
 
 def main(argv=None) -> int:

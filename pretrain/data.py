@@ -35,9 +35,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from mae_transfer.tools.image_inputs import IMAGE_SUFFIXES, is_image
+
 logger = logging.getLogger("mae_transfer.pretrain.data")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Folder names of held-out splits: a pretraining tree holding one is refused (``find_images``).
@@ -81,10 +82,10 @@ def find_images(root: str | os.PathLike) -> List[Path]:
                 f"data path {root} holds a held-out folder {Path(d) / held_out[0]}: point "
                 f"--data_path at the training images (a root with a {TRAIN_DIR}/ folder trains "
                 f"on {TRAIN_DIR}/ only)")
-        files += [Path(d) / f for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
+        files += [Path(d) / f for f in names if is_image(f)]
     if not files:
         raise DatasetError(f"no images found under {root} (looked recursively for "
-                           f"{', '.join(IMAGE_EXTENSIONS)})")
+                           f"{', '.join(IMAGE_SUFFIXES)})")
     return sorted(files)
 
 

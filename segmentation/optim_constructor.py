@@ -1,6 +1,6 @@
 """``ViTLayerDecayOptimizerConstructor``: layer-wise lr decay for MMEngine, from ``tools.lr_decay``.
 
-Why our own (DESIGN.md): MMSeg's ``LearningRateDecayOptimizerConstructor`` / ``LayerDecay...``
+Why our own: MMSeg's ``LearningRateDecayOptimizerConstructor`` / ``LayerDecay...``
 only act when the backbone class name contains "MAE"/"BEiT"/"ConvNeXt", expect ``layers.{i}``
 names (our ``blocks.{i}`` would silently get scale 1) and put weight decay on ``pos_embed`` and
 ``cls_token``. This one applies the project's single rule (``tools.lr_decay.param_groups``):

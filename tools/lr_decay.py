@@ -1,6 +1,6 @@
 """Layer-wise learning-rate decay: one rule for the pretraining fine-tunes, Detectron2 and MMSeg.
 
-Rule (DESIGN.md): the layer id of a parameter comes from its name, wherever the ViT sits in the
+Rule (also in docs/backbone.md, "Layer-wise lr decay"): the layer id of a parameter comes from its name, wherever the ViT sits in the
 model (``blocks.3.attn.qkv.weight`` and ``backbone.net.blocks.3.attn.qkv.weight`` are the same):
 
 - ``cls_token``, ``pos_embed``, ``mask_token``, ``patch_embed.*``   -> 0

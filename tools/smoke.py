@@ -2,8 +2,9 @@
 
     python tools/smoke.py [--out runs/smoke] [--images DIR]
 
-1. MAE-pretrain a tiny ViT for a few steps on ``../shared/data/imagenet-sample`` (or ``--images``;
-   generated images where neither exists) and export the encoder;
+1. MAE-pretrain a tiny ViT for a few steps on ``imagenet-sample`` in the data root
+   (``$MAE_TRANSFER_DATA``, else ``../shared/data``) or ``--images`` (generated images where
+   neither exists) and export the encoder;
 2. convert the encoder to the Detectron2 and MMSeg layouts (``tools/convert_checkpoint.py``);
 3. fine-tune Mask R-CNN (Detectron2) and UperNet (MMSeg) a few iterations each from it, on a
    small generated shapes set in the COCO and ADE20K layouts;
@@ -26,9 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mae_transfer.tools.image_inputs import data_root  # noqa: E402
 from mae_transfer.tools.synthetic_data import make_shapes_dataset, write_synthetic_images  # noqa: E402
 
-DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "imagenet-sample"
+DEFAULT_IMAGES = data_root() / "imagenet-sample"
 DET_CONFIG = "detection/configs/mask_rcnn_vit_mini_cpu.py"
 SEG_CONFIG = "segmentation/configs/upernet_vit-mini_1xb4-40it_shapes-64x64.py"
 

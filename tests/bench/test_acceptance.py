@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from bench.acceptance import DEFAULT_DATA, PARTS, photo_folder
+from bench.acceptance import GENERATED_PHOTOS, PARTS, choose_photos, photo_folder
 from bench.acceptance_report import TARGETS, markdown, summarize
-from mae_transfer.tools.synthetic_data import write_synthetic_images
+from mae_transfer.tools.image_inputs import DATA_ENV
 
 
-def run_acceptance(repo_root, out, *extra, timeout=1800):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+def run_acceptance(repo_root, out, *extra, timeout=1800, env=None):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
     return subprocess.run([sys.executable, "bench/acceptance.py", "--device", "cpu", "--tiny",
                            "--out", str(out), *extra], cwd=repo_root, capture_output=True,
                           text=True, timeout=timeout, env=env)
@@ -27,20 +27,16 @@ def written(out):
     return json.loads(reports[0].read_text()), reports[0].with_suffix(".md").read_text()
 
 
-def photo_args(tmp_path):
-    """``--data`` for the loader and pretraining parts: none (the default, the shared photos)
-    where ``../shared/data`` has photos, else generated JPEGs at COCO's 640x480, so that the check
-    runs on a machine without the shared data too."""
-    if photo_folder(DEFAULT_DATA) is not None:
-        return []
-    return ["--data", str(write_synthetic_images(tmp_path / "photos", count=16, size=(480, 640)))]
-
-
 @pytest.mark.slow
 def test_tiny_cpu_run_of_every_part_writes_json_and_table(repo_root, tmp_path):
-    out = tmp_path / "out"
-    proc = run_acceptance(repo_root, out, *photo_args(tmp_path))
+    """As in a plain clone: the data root (``../shared/data`` unless the environment names
+    another) holds no photos, so the loader and pretrain.sh parts run on generated ones."""
+    out, empty = tmp_path / "out", tmp_path / "no-shared-data"
+    empty.mkdir()
+    proc = run_acceptance(repo_root, out, env={DATA_ENV: str(empty)})
     report, table = written(out)
+    assert f"no photos under {empty}" in proc.stdout and "generated 640x480 JPEGs" in table
+    assert report["photos_note"].startswith(f"no photos under {empty}")
     failed = {r["name"]: r.get("error") for r in report["runs"] if r["status"] != "ok"}
     assert proc.returncode == 0 and not failed, (failed, proc.stdout[-3000:])
     assert {r["part"] for r in report["runs"]} == set(PARTS)
@@ -102,6 +98,25 @@ def test_photo_folder_prefers_the_full_size_coco_photos(tmp_path):
     (tmp_path / "coco-mini" / "coco").mkdir(parents=True)
     (tmp_path / "coco-mini" / "coco" / "b.jpg").write_bytes(b"x")
     assert photo_folder(tmp_path) == tmp_path / "coco-mini"
+
+
+def test_photos_are_the_data_roots_else_generated_and_an_explicit_folder_is_kept(
+        tmp_path, monkeypatch):
+    root, work = tmp_path / "data", tmp_path / "work"
+    root.mkdir()
+    monkeypatch.setenv(DATA_ENV, str(root))
+    photos, note = choose_photos(None, tiny=True, work=work)  # a data root without photos
+    assert photos == work / "generated-photos" and note.startswith(f"no photos under {root}")
+    from PIL import Image
+
+    generated = sorted(photos.iterdir())
+    assert len(generated) == GENERATED_PHOTOS["tiny"]
+    assert Image.open(generated[0]).size == (640, 480) and photo_folder(photos) == photos
+    (root / "coco-mini").mkdir()
+    Image.open(generated[0]).save(root / "coco-mini" / "real.jpg")
+    assert choose_photos(None, tiny=True, work=work) == (root / "coco-mini", None)
+    # --data is never replaced: a folder without photos reaches the parts, which fail naming it
+    assert choose_photos(tmp_path / "typo", tiny=True, work=work) == (tmp_path / "typo", None)
 
 
 def test_gpu_plan_has_the_papers_sizes_and_the_costliest_compile_last(tmp_path):

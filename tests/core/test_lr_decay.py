@@ -7,7 +7,8 @@ from mae_transfer.tools.lr_decay import layer_id, param_groups
 
 
 def _expected(name, param, num_layers, decay, wd):
-    """The DESIGN.md rule, written out independently of the implementation."""
+    """The rule of docs/backbone.md ("Layer-wise lr decay"), written out independently of the
+    implementation."""
     last = name.split(".")[-1]
     if last in ("cls_token", "pos_embed", "mask_token") or ".patch_embed." in f".{name}.":
         lid = 0

@@ -38,7 +38,7 @@ def test_no_predictions_count_as_zero_ap():
     assert ap_or_zero(12.5) == 12.5
 
 
-def test_det_overrides_build_the_detector_with_the_asked_widths():
+def test_det_model_settings_build_the_detector_with_the_asked_widths():
     """The e2e run's head-width settings reach the model (training and the demo pictures share
     them, so the demo can load the trained weights)."""
     from mae_transfer import detection
@@ -46,10 +46,11 @@ def test_det_overrides_build_the_detector_with_the_asked_widths():
     detection.setup()  # before any detectron2 import
     from detectron2.config import LazyConfig, instantiate
 
-    from mae_transfer.experiment.driver import DET_CONFIG, REPO, det_overrides
+    from mae_transfer.experiment.driver import (DET_CONFIG, REPO, det_model_settings,
+                                                render_overrides)
 
     cfg = dict(arch="vit_mini_patch16", det_channels=48, det_fc=96)
-    overrides = det_overrides(cfg, num_classes=5)
+    overrides = render_overrides(det_model_settings(cfg, num_classes=5))
     model = instantiate(LazyConfig.apply_overrides(LazyConfig.load(str(REPO / DET_CONFIG)),
                                                    overrides).model)
     heads = model.roi_heads

@@ -20,7 +20,8 @@ def build_model(tiny_cfg):
 
 
 def expected_layer(name: str) -> int:
-    """The DESIGN.md rule, written out independently of tools.lr_decay."""
+    """The rule of docs/backbone.md ("Layer-wise lr decay"), written out independently of
+    tools.lr_decay."""
     if name in ("backbone.cls_token", "backbone.pos_embed") or \
             name.startswith("backbone.patch_embed."):
         return 0
