@@ -28,13 +28,14 @@ from typing import Mapping, Optional
 import torch
 
 import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.engine import SimpleTrainer, create_ddp_model, default_setup, default_writers
 from detectron2.engine import hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from mae_transfer.detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
+from mae_transfer.detection.config_overrides import load_config
 from mae_transfer.detection.cli import UsageError, apply_cpu_threads, register_datasets
 from mae_transfer.detection.datasets import check_num_classes
 from mae_transfer.detection.evaluation import evaluate
@@ -140,8 +141,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def setup(args):
     """Load the config + overrides, set up logging / seed / config copy, register datasets."""
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts or [])
+    cfg = load_config(args.config_file, args.opts)
     device = str(cfg.train.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"train.device={device} but no GPU is visible; pass train.device=cpu")

@@ -13,6 +13,8 @@ The config adaptations, each logged, are what a user would otherwise edit by han
 - the ``SegResultsJSONHook`` is added if a config lacks it, so every evaluation leaves JSON.
 - ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile
   of the backbone; see ``compile_backbone``).
+- ``--cfg-options``: each key is checked against the config first (``config_overrides``): a key
+  the config does not have is one line naming the closest one, not a silently added key.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 from mae_transfer.segmentation.class_count import check_num_classes, head_cfgs
+from mae_transfer.segmentation.config_overrides import checked_options
 from mae_transfer.segmentation.datasets import read_class_names
 
 
@@ -139,7 +142,7 @@ def load_config(args) -> Config:
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+        cfg.merge_from_dict(checked_options(cfg, args.cfg_options))
     cfg.work_dir = (args.work_dir or cfg.get("work_dir")
                     or osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0]))
     if args.data_root:
