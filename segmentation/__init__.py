@@ -3,14 +3,16 @@
 Importing this package (configs do it through ``custom_imports``) first applies
 ``segmentation.compat`` (mmcv-lite, torch >= 2.6 checkpoint loading), then registers, in MMSeg's
 and MMEngine's registries: the ``MAEViT`` backbone, the ``ADELayoutDataset``, the
-``PerClassIoUMetric``, the ``SegResultsJSONHook`` and the ``ViTLayerDecayOptimizerConstructor``.
+``PerClassIoUMetric``, the ``SegResultsJSONHook``, the ``FiniteLossHook`` and the
+``ViTLayerDecayOptimizerConstructor``.
 """
 from mae_transfer.segmentation import compat  # noqa: F401  (must run before any mmseg / mmcv import)
 from mae_transfer.segmentation.backbone import MAEViT, default_out_indices
 from mae_transfer.segmentation.datasets import ADELayoutDataset, read_class_names
-from mae_transfer.segmentation.hooks import SegResultsJSONHook
+from mae_transfer.segmentation.hooks import FiniteLossHook, SegResultsJSONHook
 from mae_transfer.segmentation.metrics import PerClassIoUMetric
 from mae_transfer.segmentation.optim_constructor import ViTLayerDecayOptimizerConstructor
 
 __all__ = ["MAEViT", "default_out_indices", "ADELayoutDataset", "read_class_names",
-           "SegResultsJSONHook", "PerClassIoUMetric", "ViTLayerDecayOptimizerConstructor"]
+           "SegResultsJSONHook", "FiniteLossHook", "PerClassIoUMetric",
+           "ViTLayerDecayOptimizerConstructor"]

@@ -7,7 +7,8 @@ closest key). Which nodes may gain keys:
   head's ``num_classes``, a hook's ``interval``); an unknown ``type`` takes any key;
 - a ``*_dataloader`` dict: ``torch.utils.data.DataLoader``'s parameters (the Runner passes them
   on), plus ``sampler`` / ``batch_sampler`` / ``dataset``;
-- the top level: ``Runner``'s parameters, and ``compile`` (read by ``tools/train_seg.py``);
+- the top level: ``Runner``'s parameters, and the few keys read from the config itself
+  (``compile``: ``tools/train_seg.py``; ``activation_checkpointing``: ``Runner.train``);
 - any other plain dict (``env_cfg``, ``model.test_cfg``): only its keys.
 
 ``+key=value`` adds a key on purpose, unchecked (the ``+`` is dropped before merging).
@@ -18,8 +19,9 @@ from typing import List, Mapping, Optional, Set
 
 from mae_transfer.tools.overrides import accepted_parameters, check_override, split_added
 
-#: Top-level keys the entry points read themselves (beyond the Runner's parameters).
-ENTRY_KEYS = {"compile", "runner_type", "work_dir", "launcher"}
+#: Top-level keys read beyond the Runner's parameters (by the entry points, or by
+#: ``Runner.train`` from its config).
+ENTRY_KEYS = {"compile", "runner_type", "activation_checkpointing", "efficient_conv_bn_eval"}
 LOADER_KEYS = {"dataset", "sampler", "batch_sampler", "collate_fn"}
 
 

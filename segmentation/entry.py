@@ -10,7 +10,8 @@ The config adaptations, each logged, are what a user would otherwise edit by han
 - device: MMEngine's ``AmpOptimWrapper`` is GPU only; without CUDA the run uses a plain
   ``OptimWrapper`` (fp32), so the same config runs on a laptop (one process: MMEngine's
   multi-process launchers need GPUs, and are refused with a one-line error there).
-- the ``SegResultsJSONHook`` is added if a config lacks it, so every evaluation leaves JSON.
+- the ``SegResultsJSONHook`` is added if a config lacks it, so every evaluation leaves JSON, and
+  so is the ``FiniteLossHook`` for training (a NaN loss stops the run; no NaN checkpoint).
 - ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile
   of the backbone; see ``compile_backbone``).
 - ``--cfg-options``: each key is checked against the config first (``config_overrides``): a key
@@ -124,15 +125,21 @@ def adapt_to_device(cfg: Config, cuda: Optional[bool] = None) -> None:
                   level=logging.WARNING)
 
 
-def ensure_results_hook(cfg: Config, test_json: Optional[str] = None) -> None:
+def ensure_hook(cfg: Config, hook_type: str) -> dict:
+    """The config's ``custom_hooks`` entry of ``hook_type``, appended if the config lacks it."""
     hooks = list(cfg.get("custom_hooks", []) or [])
-    found = [h for h in hooks if h.get("type") == "SegResultsJSONHook"]
+    found = [h for h in hooks if h.get("type") == hook_type]
     if not found:
-        hooks.append(dict(type="SegResultsJSONHook"))
+        hooks.append(dict(type=hook_type))
         found = hooks[-1:]
-    if test_json:
-        found[0]["test_json"] = test_json
     cfg.custom_hooks = hooks
+    return found[0]
+
+
+def ensure_results_hook(cfg: Config, test_json: Optional[str] = None) -> None:
+    hook = ensure_hook(cfg, "SegResultsJSONHook")
+    if test_json:
+        hook["test_json"] = test_json
 
 
 def load_config(args) -> Config:
@@ -232,6 +239,7 @@ def compile_backbone(runner, options) -> None:
 
 def run_train(cfg: Config) -> Optional[dict]:
     ensure_results_hook(cfg)
+    ensure_hook(cfg, "FiniteLossHook")  # a NaN loss stops the run; no NaN checkpoint is saved
     options = cfg.pop("compile", None)
     runner = build_runner(cfg)
     if options:

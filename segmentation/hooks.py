@@ -1,22 +1,33 @@
-"""``SegResultsJSONHook``: write every evaluation's metrics (and per-class table) as JSON files.
+"""Our MMEngine hooks: ``SegResultsJSONHook`` (results as JSON) and ``FiniteLossHook`` (NaN stop).
+
+``SegResultsJSONHook`` writes every evaluation's metrics (and per-class table) as JSON files.
 
 After each validation: ``<work_dir>/val_results/iter_<N>.json`` and ``val_results/latest.json``;
 after a test run: ``<work_dir>/test_results.json`` (or the path given as ``test_json``). Each file
 holds the summary metrics (aAcc, mIoU, mAcc in %), the per-class table when the evaluator is a
 ``PerClassIoUMetric``, the iteration, the checkpoint evaluated (test) and the class names.
 Writes are atomic (temp file + rename), so a crash never leaves a half-written result.
+
+``FiniteLossHook``: MMEngine trains on through a NaN loss, saves NaN weights, points
+``last_checkpoint`` at them and validates them. This hook stops the run at the first non-finite
+loss, before the ``CheckpointHook`` (priority VERY_LOW) of that iteration saves anything, and
+refuses to save non-finite weights (a step with a finite loss can still overflow the weights);
+``last_checkpoint`` keeps naming the last good checkpoint. The ``NonFiniteLossError`` it raises
+is one line: the iteration, the loss values and the last good checkpoint.
 """
 from __future__ import annotations
 
 import json
 import os.path as osp
-from typing import Dict, Optional
+import math
+from typing import Dict, Mapping, Optional
 
 from mae_transfer.segmentation import compat  # noqa: F401  (atomic local writes; before mmengine / mmseg)
 from mmengine.dist import master_only
 from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+import torch
 
 
 def write_json_atomic(obj, path: str) -> str:
@@ -67,3 +78,54 @@ class SegResultsJSONHook(Hook):
         path = write_json_atomic(record, self.test_json or osp.join(runner.work_dir,
                                                                      "test_results.json"))
         runner.logger.info(f"test results written to {path}")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: a non-finite loss or non-finite weights (one-line message)."""
+
+
+def _last_checkpoint(work_dir: str) -> str:
+    path = osp.join(work_dir, "last_checkpoint")
+    if not osp.isfile(path):
+        return "no checkpoint was saved"
+    with open(path, encoding="utf-8") as f:
+        return f"last_checkpoint still names {f.read().strip()}"
+
+
+def non_finite_losses(outputs: Optional[Mapping]) -> Dict[str, float]:
+    """``{name: value}`` of the non-finite ``*loss*`` entries of a train step's outputs."""
+    values = {k: float(v) for k, v in (outputs or {}).items()
+              if "loss" in k and (isinstance(v, (int, float)) or hasattr(v, "item"))}
+    return {k: v for k, v in values.items() if not math.isfinite(v)}
+
+
+def first_non_finite(state_dict: Mapping) -> Optional[str]:
+    """Name of the first floating-point tensor holding a NaN or an infinity, else None."""
+    for name, value in state_dict.items():
+        if (isinstance(value, torch.Tensor) and value.is_floating_point()
+                and not torch.isfinite(value).all()):
+            return name
+    return None
+
+
+@HOOKS.register_module()
+class FiniteLossHook(Hook):
+    """See the module docstring. Runs after each train step, before the checkpoint hook."""
+
+    priority = "ABOVE_NORMAL"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        bad = non_finite_losses(outputs)
+        if bad:
+            values = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise NonFiniteLossError(
+                f"training diverged at iteration {runner.iter + 1}: {values}; stopped before "
+                f"saving it ({_last_checkpoint(runner.work_dir)}); lower the learning rate")
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        name = first_non_finite(checkpoint.get("state_dict", {}))
+        if name is not None:
+            raise NonFiniteLossError(
+                f"training diverged by iteration {checkpoint.get('meta', {}).get('iter', runner.iter)}: "
+                f"weight {name} is not finite; "
+                f"not saved ({_last_checkpoint(runner.work_dir)}); lower the learning rate")
