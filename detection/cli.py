@@ -16,6 +16,7 @@ import torch
 from mae_transfer.detection.datasets import (DEFAULT_ON_INVALID, INVALID_MODES, DatasetError,
                                 register_coco2017, register_from_spec)
 from mae_transfer.tools.checkpoints import CheckpointError
+from mae_transfer.tools.divergence import EXIT_DIVERGED, TrainingDiverged
 from mae_transfer.tools.overrides import OverrideError
 
 logger = logging.getLogger("mae_transfer.detection")
@@ -54,12 +55,16 @@ def register_datasets(args) -> None:
 
 
 def run_reporting_input_errors(main: Callable[[], object]) -> int:
-    """Run ``main``; 0 on success, 2 with one ``error:`` line on stderr for bad input."""
+    """Run ``main``; 0 on success, 2 with one ``error:`` line on stderr for bad input, 3 (one
+    line) for a diverged training run."""
     try:
         main()
     except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     return 0
 
 

@@ -12,14 +12,14 @@ Writes are atomic (temp file + rename), so a crash never leaves a half-written r
 ``last_checkpoint`` at them and validates them. This hook stops the run at the first non-finite
 loss, before the ``CheckpointHook`` (priority VERY_LOW) of that iteration saves anything, and
 refuses to save non-finite weights (a step with a finite loss can still overflow the weights);
-``last_checkpoint`` keeps naming the last good checkpoint. The ``NonFiniteLossError`` it raises
-is one line: the iteration, the loss values and the last good checkpoint.
+``last_checkpoint`` keeps naming the last good checkpoint. The ``tools.divergence.TrainingDiverged``
+it raises is one line: the iteration, the loss values and the last good checkpoint.
 """
 from __future__ import annotations
 
 import json
-import os.path as osp
 import math
+import os.path as osp
 from typing import Dict, Mapping, Optional
 
 from mae_transfer.segmentation import compat  # noqa: F401  (atomic local writes; before mmengine / mmseg)
@@ -27,7 +27,8 @@ from mmengine.dist import master_only
 from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
-import torch
+
+from mae_transfer.tools.divergence import diverged, first_non_finite
 
 
 def write_json_atomic(obj, path: str) -> str:
@@ -80,32 +81,11 @@ class SegResultsJSONHook(Hook):
         runner.logger.info(f"test results written to {path}")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training diverged: a non-finite loss or non-finite weights (one-line message)."""
-
-
-def _last_checkpoint(work_dir: str) -> str:
-    path = osp.join(work_dir, "last_checkpoint")
-    if not osp.isfile(path):
-        return "no checkpoint was saved"
-    with open(path, encoding="utf-8") as f:
-        return f"last_checkpoint still names {f.read().strip()}"
-
-
 def non_finite_losses(outputs: Optional[Mapping]) -> Dict[str, float]:
     """``{name: value}`` of the non-finite ``*loss*`` entries of a train step's outputs."""
     values = {k: float(v) for k, v in (outputs or {}).items()
               if "loss" in k and (isinstance(v, (int, float)) or hasattr(v, "item"))}
     return {k: v for k, v in values.items() if not math.isfinite(v)}
-
-
-def first_non_finite(state_dict: Mapping) -> Optional[str]:
-    """Name of the first floating-point tensor holding a NaN or an infinity, else None."""
-    for name, value in state_dict.items():
-        if (isinstance(value, torch.Tensor) and value.is_floating_point()
-                and not torch.isfinite(value).all()):
-            return name
-    return None
 
 
 @HOOKS.register_module()
@@ -118,14 +98,10 @@ class FiniteLossHook(Hook):
         bad = non_finite_losses(outputs)
         if bad:
             values = ", ".join(f"{k}={v}" for k, v in bad.items())
-            raise NonFiniteLossError(
-                f"training diverged at iteration {runner.iter + 1}: {values}; stopped before "
-                f"saving it ({_last_checkpoint(runner.work_dir)}); lower the learning rate")
+            raise diverged(f"iteration {runner.iter + 1}", values, runner.work_dir)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         name = first_non_finite(checkpoint.get("state_dict", {}))
         if name is not None:
-            raise NonFiniteLossError(
-                f"training diverged by iteration {checkpoint.get('meta', {}).get('iter', runner.iter)}: "
-                f"weight {name} is not finite; "
-                f"not saved ({_last_checkpoint(runner.work_dir)}); lower the learning rate")
+            step = checkpoint.get("meta", {}).get("iter", runner.iter)
+            raise diverged(f"iteration {step}", f"weight {name} is not finite", runner.work_dir)

@@ -24,6 +24,7 @@ from mae_transfer.segmentation import compat  # noqa: E402,F401  (before any mms
 import mae_transfer.segmentation  # noqa: E402,F401  (registers MAEViT, the dataset, metric, hook, constructor)
 from mae_transfer.segmentation import entry  # noqa: E402
 from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
+from mae_transfer.tools.divergence import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -67,9 +68,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         print(f"error: {entry.error_line(exc)}", file=sys.stderr)
         return 2
-    except FloatingPointError as exc:  # FiniteLossHook: a NaN loss (no NaN checkpoint saved)
+    except TrainingDiverged as exc:  # FiniteLossHook: a NaN loss (no NaN checkpoint saved)
         print(f"error: {entry.error_line(exc)}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
 
 
 if __name__ == "__main__":

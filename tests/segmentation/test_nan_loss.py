@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
-from mae_transfer.segmentation.hooks import (FiniteLossHook, NonFiniteLossError,
-                                             first_non_finite, non_finite_losses)
+from mae_transfer.segmentation.hooks import FiniteLossHook, non_finite_losses
+from mae_transfer.tools.divergence import TrainingDiverged, first_non_finite
 
 TINY = "segmentation/configs/upernet_vit-mini_1xb4-40it_shapes-64x64.py"
 
@@ -29,7 +29,7 @@ def test_huge_lr_stops_before_saving_nan_weights(repo_root, ade_root, tmp_path, 
     out, err = capsys.readouterr()
     assert code == 3
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: NonFiniteLossError: training diverged")
+    assert len(lines) == 1 and lines[0].startswith("error: TrainingDiverged: training diverged")
     assert "iteration 2" in lines[0] and "not finite" in lines[0]  # the step after a good one
     assert "final validation" not in out
     saved = sorted(p.name for p in work.glob("iter_*.pth"))
@@ -51,7 +51,7 @@ def test_a_nan_loss_names_the_iteration_and_the_values(tmp_path):
     outputs = {"loss": torch.tensor(float("nan")), "decode.loss_ce": torch.tensor(float("inf")),
                "aux.loss_ce": torch.tensor(0.3), "decode.acc_seg": torch.tensor(float("nan"))}
     assert set(non_finite_losses(outputs)) == {"loss", "decode.loss_ce"}  # accuracy is no loss
-    with pytest.raises(NonFiniteLossError) as err:
+    with pytest.raises(TrainingDiverged) as err:
         FiniteLossHook().after_train_iter(_Runner(tmp_path), 6, outputs=outputs)
     message = str(err.value)
     assert "iteration 7: loss=nan, decode.loss_ce=inf" in message and "iter_5.pth" in message
