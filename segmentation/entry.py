@@ -14,6 +14,9 @@ The config adaptations, each logged, are what a user would otherwise edit by han
   so is the ``FiniteLossHook`` for training (a NaN loss stops the run; no NaN checkpoint).
 - ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile
   of the backbone; see ``compile_backbone``).
+- the image / label loaders of every pipeline are replaced by checked ones
+  (``segmentation.data_checks``): a file that does not decode, or a label value the heads have no
+  class for (16-bit label maps read as stored), is one line naming the file.
 - ``--cfg-options``: each key is checked against the config first (``config_overrides``): a key
   the config does not have is one line naming the closest one, not a silently added key.
 """
@@ -32,6 +35,7 @@ from mmengine.logging import print_log
 
 from mae_transfer.segmentation.class_count import check_num_classes, head_cfgs
 from mae_transfer.segmentation.config_overrides import checked_options
+from mae_transfer.segmentation.data_checks import use_checked_loaders
 from mae_transfer.segmentation.datasets import read_class_names
 
 
@@ -156,8 +160,21 @@ def load_config(args) -> Config:
         set_data_root(cfg, args.data_root)
     sync_num_classes(cfg)
     check_num_classes(_datasets(cfg), cfg.model)
+    check_data_at_load_time(cfg)
     adapt_to_device(cfg)
     return cfg
+
+
+def check_data_at_load_time(cfg: Config) -> None:
+    """MMSeg's image / label loaders -> ``segmentation.data_checks``' checked ones, which name
+    the file that does not decode or holds a label the heads have no class for."""
+    heads = head_cfgs(cfg.model)
+    num_classes = heads[0][1].get("num_classes") if heads else None
+    replaced = sum(use_checked_loaders(ds.get("pipeline"), num_classes,
+                                       ds.get("ignore_index", 255)) for ds in _datasets(cfg))
+    if replaced:
+        print_log(f"data checks: {replaced} image / label loaders replaced by the checked ones "
+                  f"(label values checked against {num_classes} classes)", logger="current")
 
 
 def build_runner(cfg: Config):
@@ -253,4 +270,8 @@ def run_train(cfg: Config) -> Optional[dict]:
 
 def error_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
+    if text and text[0].startswith("Caught ") and "DataLoader worker" in text[0]:
+        # torch re-raises a loader worker's error with the worker's traceback as the message:
+        # its last line ("module.Error: message") is the one that says what happened
+        return f"{type(exc).__name__}: {text[-1].partition(': ')[2] or text[-1]}"
     return f"{type(exc).__name__}: {text[0] if text else ''}"
