@@ -120,8 +120,9 @@ def check_override(root: Mapping, key: str, value: Any, new_keys: NewKeys,
             node = node[part]
         elif isinstance(node, (list, tuple)):
             if not part.isdigit() or int(part) >= len(node):
-                raise OverrideError(f"override {key}: {where} is a list of {len(node)} items; "
-                                    f"name one by its index 0..{len(node) - 1}")
+                items = (f"a list of {len(node)} items; name one by its index "
+                         f"0..{len(node) - 1}" if node else "an empty list")
+                raise OverrideError(f"override {key}: {where} is {items}")
             node = node[int(part)]
         else:
             raise OverrideError(f"override {key}: {where} is a single value ({node!r}), not a "

@@ -44,7 +44,7 @@ def test_closest_and_added_keys():
 
 CONFIG = {"train": {"max_iter": 200, "amp": {"enabled": False}, "name": "x"},
           "head": {"_builds": Child, "num_classes": 3},
-          "augs": [{"p": 0.5}]}
+          "augs": [{"p": 0.5}], "none": []}
 
 
 def new_keys(node, path):
@@ -69,6 +69,7 @@ def check(key, value):
     ("train.amp.enabled", "yes", "train.amp.enabled is true/false (the config has False)"),
     ("train.max_iter", True, "train.max_iter is a number"),
     ("augs.1.p", 0.1, "override augs.1.p: augs is a list of 1 items; name one by its index 0..0"),
+    ("none.0", 1, "override none.0: none is an empty list"),
     ("train.name.x", 1, "override train.name.x: train.name is a single value ('x')"),
     ("zzz", 1, "the config has no key 'zzz' (no key is close)"),
 ])
