@@ -4,7 +4,8 @@ Two different things are called "checkpoint" in a detection run:
 
 - training checkpoints (model + optimizer + scheduler + iteration) for ``--resume``: Detectron2's
   ``DetectionCheckpointer``, made atomic here (fvcore writes the final file in place, so a crash
-  or a full disk mid-write leaves a truncated ``model_final.pth`` behind);
+  or a full disk mid-write leaves a truncated ``model_final.pth`` behind), and refused for
+  non-finite weights (``tools.divergence``: a diverged run keeps its last good checkpoint);
 - initial weights (``train.init_checkpoint``): a pretrained ViT in any format that
   ``backbones.load_pretrained`` reads (MAE, timm, ours, Detectron2 or MMSeg exports), loaded into
   ``model.backbone.net``; or a whole detector (a ``model_*.pth`` of an earlier run, e.g. for
@@ -25,6 +26,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from mae_transfer.backbones.loading import LoadReport, check_coverage, load_state
 from mae_transfer.tools.atomic import atomic_write
 from mae_transfer.tools.checkpoints import CheckpointError, read_checkpoint, strip_ddp_prefix
+from mae_transfer.tools.divergence import diverged, first_non_finite
 
 logger = logging.getLogger("mae_transfer.detection")
 
@@ -33,12 +35,18 @@ DETECTOR_KEY_PREFIXES = ("proposal_generator.", "roi_heads.", "backbone.pyramid.
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` whose files appear complete or not at all (temp file + rename)."""
+    """``DetectionCheckpointer`` whose files appear complete or not at all (temp file + rename),
+    and never hold non-finite weights (``TrainingDiverged`` instead)."""
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict(),
+        model_state = self.model.state_dict()
+        bad = first_non_finite(model_state)
+        if bad is not None:  # never a NaN checkpoint, never last_checkpoint pointing at one
+            raise diverged(f"iteration {kwargs.get('iteration', '?')}",
+                           f"weight {bad} is not finite", self.save_dir)
+        data = {"model": model_state,
                 **{key: obj.state_dict() for key, obj in self.checkpointables.items()},
                 **kwargs}
         basename = f"{name}.pth"

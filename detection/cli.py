@@ -1,8 +1,9 @@
 """What the detection entry points (``tools/train_det.py``, ``tools/demo_det.py``) share.
 
 Dataset flags (``--dataset``, ``--coco-root``, ``--invalid-annotations``) and their registration,
-the config's CPU thread count, and the rule that bad input (a missing file, a broken annotation, a checkpoint that does not
-fit) ends the program with one ``error:`` line and exit status 2 instead of a traceback.
+the config's CPU thread count, and the rule that bad input (a missing file, a broken annotation,
+a checkpoint that does not fit, an override that names no config key) ends the program with one
+``error:`` line and exit status 2 instead of a traceback.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import torch
 from mae_transfer.detection.datasets import (DEFAULT_ON_INVALID, INVALID_MODES, DatasetError,
                                 register_coco2017, register_from_spec)
 from mae_transfer.tools.checkpoints import CheckpointError
+from mae_transfer.tools.divergence import EXIT_DIVERGED, TrainingDiverged
+from mae_transfer.tools.overrides import OverrideError
 
 logger = logging.getLogger("mae_transfer.detection")
 
@@ -24,7 +27,7 @@ class UsageError(ValueError):
 
 
 #: Exceptions that mean "bad input", reported in one line.
-INPUT_ERRORS = (DatasetError, CheckpointError, FileNotFoundError, UsageError)
+INPUT_ERRORS = (DatasetError, CheckpointError, FileNotFoundError, UsageError, OverrideError)
 
 
 def add_dataset_arguments(parser) -> None:
@@ -52,12 +55,16 @@ def register_datasets(args) -> None:
 
 
 def run_reporting_input_errors(main: Callable[[], object]) -> int:
-    """Run ``main``; 0 on success, 2 with one ``error:`` line on stderr for bad input."""
+    """Run ``main``; 0 on success, 2 with one ``error:`` line on stderr for bad input, 3 (one
+    line) for a diverged training run."""
     try:
         main()
     except INPUT_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     return 0
 
 

@@ -17,7 +17,10 @@ TensorBoard). What is ours:
   ``True`` or a dict of ``torch.compile`` keyword arguments);
 - ``train.amp.cpu=True``: the bf16 autocast path on a CPU (tests of the GPU path; off by default,
   since CPU bf16 is slower than fp32 on most CPUs);
-  ``train.cpu_threads``: torch's thread count for CPU runs (0: torch's default).
+  ``train.cpu_threads``: torch's thread count for CPU runs (0: torch's default);
+- a diverged run (Detectron2's ``FloatingPointError`` on a non-finite loss, box or score, or
+  non-finite weights at a checkpoint) ends as one ``TrainingDiverged`` line naming the iteration;
+  no checkpoint of non-finite weights is written and ``last_checkpoint`` keeps its last good one.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import torch
 from mae_transfer.detection import compat
 
 compat.setup()  # Detectron2 v0.6 cannot be imported without it (no compiled _C, Image.LINEAR)
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
 from detectron2.engine import (SimpleTrainer, create_ddp_model, default_setup,  # noqa: E402
                                default_writers, hooks)
 from detectron2.utils import comm  # noqa: E402
@@ -40,8 +43,10 @@ from mae_transfer.detection.checkpointing import (AtomicCheckpointer,  # noqa: E
                                                   load_init_checkpoint)
 from mae_transfer.detection.cli import (UsageError, apply_cpu_threads,  # noqa: E402
                                         register_datasets)
+from mae_transfer.detection.config_overrides import load_config  # noqa: E402
 from mae_transfer.detection.datasets import check_num_classes  # noqa: E402
 from mae_transfer.detection.evaluation import evaluate  # noqa: E402
+from mae_transfer.tools.divergence import TrainingDiverged, diverged  # noqa: E402
 
 logger = logging.getLogger("mae_transfer.detection")
 
@@ -88,6 +93,14 @@ class AutocastTrainer(SimpleTrainer):
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+
+    def after_train(self):
+        # Detectron2 runs every hook's after_train even when a step raised (its ``finally``); a run
+        # stopped short (e.g. diverged at its last iteration) gets no "final" checkpoint or eval.
+        if self.iter < self.max_iter:
+            finishing = (hooks.PeriodicCheckpointer, hooks.EvalHook)
+            self._hooks = [h for h in self._hooks if not isinstance(h, finishing)]
+        super().after_train()
 
     def state_dict(self):
         state = super().state_dict()
@@ -144,8 +157,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def setup(args):
     """Load the config + overrides, set up logging / seed / config copy, register datasets."""
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts or [])
+    cfg = load_config(args.config_file, args.opts)
     device = str(cfg.train.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"train.device={device} but no GPU is visible; pass train.device=cpu")
@@ -188,7 +200,33 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
         start_iter = 0
     logger.info("training iterations %d..%d on %s (%s)", start_iter, cfg.train.max_iter - 1,
                 cfg.train.device, f"autocast {dtype}" if dtype else "fp32")
-    trainer.train(start_iter, cfg.train.max_iter)
+    _log_divergence_in_one_line()
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except TrainingDiverged:
+        raise
+    except FloatingPointError as exc:  # Detectron2's checks: a non-finite loss, boxes or scores
+        raise diverged(f"iteration {trainer.iter}", str(exc).strip().splitlines()[0],
+                       cfg.train.output_dir) from None
+
+
+class _OneLineDivergence(logging.Filter):
+    """Detectron2's train loop logs any exception with its traceback; a diverged run (a
+    ``FloatingPointError``, the user's lr rather than a bug) gets one line there instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FloatingPointError):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            record.msg = f"{record.getMessage()} {type(exc).__name__}: {first}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+def _log_divergence_in_one_line() -> None:
+    train_loop_logger = logging.getLogger("detectron2.engine.train_loop")
+    if not any(isinstance(f, _OneLineDivergence) for f in train_loop_logger.filters):
+        train_loop_logger.addFilter(_OneLineDivergence())
 
 
 def main(args) -> Optional[dict]:

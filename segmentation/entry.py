@@ -14,8 +14,15 @@ The config adaptations, each logged, are what a user would otherwise edit by han
 - checkpoints are written whole or not at all (the ``atomic_local`` backend) even where a config
   does not ask for it, and the Runner is ``FullCheckpointRunner`` (reads its own checkpoints on
   torch >= 2.6) unless the config names another ``runner_type``.
+- the ``FiniteLossHook`` is added for training if a config lacks it (a NaN loss stops the run; no
+  NaN checkpoint).
 - ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile
   of the backbone; see ``compile_backbone``).
+- the image / label loaders of every pipeline are replaced by checked ones
+  (``segmentation.data_checks``): a file that does not decode, or a label value the heads have no
+  class for (16-bit label maps read as stored), is one line naming the file.
+- ``--cfg-options``: each key is checked against the config first (``config_overrides``): a key
+  the config does not have is one line naming the closest one, not a silently added key.
 """
 from __future__ import annotations
 
@@ -30,6 +37,8 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 from mae_transfer.segmentation.class_count import check_num_classes, head_cfgs
+from mae_transfer.segmentation.config_overrides import checked_options
+from mae_transfer.segmentation.data_checks import use_checked_loaders
 from mae_transfer.segmentation.datasets import read_class_names
 from mae_transfer.segmentation.file_backend import ATOMIC_BACKEND_ARGS
 from mae_transfer.segmentation.runner import FullCheckpointRunner
@@ -125,15 +134,21 @@ def adapt_to_device(cfg: Config, cuda: Optional[bool] = None) -> None:
                   level=logging.WARNING)
 
 
-def ensure_results_hook(cfg: Config, test_json: Optional[str] = None) -> None:
+def ensure_hook(cfg: Config, hook_type: str) -> dict:
+    """The config's ``custom_hooks`` entry of ``hook_type``, appended if the config lacks it."""
     hooks = list(cfg.get("custom_hooks", []) or [])
-    found = [h for h in hooks if h.get("type") == "SegResultsJSONHook"]
+    found = [h for h in hooks if h.get("type") == hook_type]
     if not found:
-        hooks.append(dict(type="SegResultsJSONHook"))
+        hooks.append(dict(type=hook_type))
         found = hooks[-1:]
-    if test_json:
-        found[0]["test_json"] = test_json
     cfg.custom_hooks = hooks
+    return found[0]
+
+
+def ensure_results_hook(cfg: Config, test_json: Optional[str] = None) -> None:
+    hook = ensure_hook(cfg, "SegResultsJSONHook")
+    if test_json:
+        hook["test_json"] = test_json
 
 
 def load_config(args) -> Config:
@@ -143,15 +158,28 @@ def load_config(args) -> Config:
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+        cfg.merge_from_dict(checked_options(cfg, args.cfg_options))
     cfg.work_dir = (args.work_dir or cfg.get("work_dir")
                     or osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0]))
     if args.data_root:
         set_data_root(cfg, args.data_root)
     sync_num_classes(cfg)
     check_num_classes(_datasets(cfg), cfg.model)
+    check_data_at_load_time(cfg)
     adapt_to_device(cfg)
     return cfg
+
+
+def check_data_at_load_time(cfg: Config) -> None:
+    """MMSeg's image / label loaders -> ``segmentation.data_checks``' checked ones, which name
+    the file that does not decode or holds a label the heads have no class for."""
+    heads = head_cfgs(cfg.model)
+    num_classes = heads[0][1].get("num_classes") if heads else None
+    replaced = sum(use_checked_loaders(ds.get("pipeline"), num_classes,
+                                       ds.get("ignore_index", 255)) for ds in _datasets(cfg))
+    if replaced:
+        print_log(f"data checks: {replaced} image / label loaders replaced by the checked ones "
+                  f"(label values checked against {num_classes} classes)", logger="current")
 
 
 def ensure_atomic_checkpoints(cfg: Config) -> None:
@@ -248,6 +276,7 @@ def compile_backbone(runner, options) -> None:
 def run_train(cfg: Config) -> Optional[dict]:
     ensure_results_hook(cfg)
     ensure_atomic_checkpoints(cfg)
+    ensure_hook(cfg, "FiniteLossHook")  # a NaN loss stops the run; no NaN checkpoint is saved
     options = cfg.pop("compile", None)
     runner = build_runner(cfg)
     if options:
@@ -261,4 +290,8 @@ def run_train(cfg: Config) -> Optional[dict]:
 
 def error_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
+    if text and text[0].startswith("Caught ") and "DataLoader worker" in text[0]:
+        # torch re-raises a loader worker's error with the worker's traceback as the message:
+        # its last line ("module.Error: message") is the one that says what happened
+        return f"{type(exc).__name__}: {text[-1].partition(': ')[2] or text[-1]}"
     return f"{type(exc).__name__}: {text[0] if text else ''}"

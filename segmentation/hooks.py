@@ -1,22 +1,33 @@
-"""``SegResultsJSONHook``: write every evaluation's metrics (and per-class table) as JSON files.
+"""Our MMEngine hooks: ``SegResultsJSONHook`` (results as JSON) and ``FiniteLossHook`` (NaN stop).
+
+``SegResultsJSONHook`` writes every evaluation's metrics (and per-class table) as JSON files.
 
 After each validation: ``<work_dir>/val_results/iter_<N>.json`` and ``val_results/latest.json``;
 after a test run: ``<work_dir>/test_results.json`` (or the path given as ``test_json``). Each file
 holds the summary metrics (aAcc, mIoU, mAcc in %), the per-class table when the evaluator is a
 ``PerClassIoUMetric``, the iteration, the checkpoint evaluated (test) and the class names.
 Writes are atomic (temp file + rename), so a crash never leaves a half-written result.
+
+``FiniteLossHook``: MMEngine trains on through a NaN loss, saves NaN weights, points
+``last_checkpoint`` at them and validates them. This hook stops the run at the first non-finite
+loss, before the ``CheckpointHook`` (priority VERY_LOW) of that iteration saves anything, and
+refuses to save non-finite weights (a step with a finite loss can still overflow the weights);
+``last_checkpoint`` keeps naming the last good checkpoint. The ``tools.divergence.TrainingDiverged``
+it raises is one line: the iteration, the loss values and the last good checkpoint.
 """
 from __future__ import annotations
 
 import json
+import math
 import os.path as osp
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.tools.divergence import diverged, first_non_finite
 
 
 def write_json_atomic(obj, path: str) -> str:
@@ -67,3 +78,29 @@ class SegResultsJSONHook(Hook):
         path = write_json_atomic(record, self.test_json or osp.join(runner.work_dir,
                                                                      "test_results.json"))
         runner.logger.info(f"test results written to {path}")
+
+
+def non_finite_losses(outputs: Optional[Mapping]) -> Dict[str, float]:
+    """``{name: value}`` of the non-finite ``*loss*`` entries of a train step's outputs."""
+    values = {k: float(v) for k, v in (outputs or {}).items()
+              if "loss" in k and (isinstance(v, (int, float)) or hasattr(v, "item"))}
+    return {k: v for k, v in values.items() if not math.isfinite(v)}
+
+
+@HOOKS.register_module()
+class FiniteLossHook(Hook):
+    """See the module docstring. Runs after each train step, before the checkpoint hook."""
+
+    priority = "ABOVE_NORMAL"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        bad = non_finite_losses(outputs)
+        if bad:
+            values = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise diverged(f"iteration {runner.iter + 1}", values, runner.work_dir)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        name = first_non_finite(checkpoint.get("state_dict", {}))
+        if name is not None:
+            step = checkpoint.get("meta", {}).get("iter", runner.iter)
+            raise diverged(f"iteration {step}", f"weight {name} is not finite", runner.work_dir)

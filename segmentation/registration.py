@@ -2,7 +2,8 @@
 
 Configs name this module in ``custom_imports``, so ``Config.fromfile`` registers everything they
 refer to: the ``MAEViT`` backbone, the ``ADELayoutDataset``, the ``PerClassIoUMetric``, the
-``SegResultsJSONHook``, the ``ViTLayerDecayOptimizerConstructor``, the ``FullCheckpointRunner``
+``SegResultsJSONHook``, the ``FiniteLossHook``, the checked image / label loaders of
+``data_checks``, the ``ViTLayerDecayOptimizerConstructor``, the ``FullCheckpointRunner``
 and the ``atomic_local`` file backend.
 """
 from mae_transfer.segmentation import compat
@@ -12,13 +13,16 @@ from mae_transfer.segmentation import compat
 compat.setup()
 
 from mae_transfer.segmentation.backbone import MAEViT  # noqa: E402
+from mae_transfer.segmentation.data_checks import (  # noqa: E402
+    CheckedLoadAnnotations, CheckedLoadImageFromFile)
 from mae_transfer.segmentation.datasets import ADELayoutDataset  # noqa: E402
 from mae_transfer.segmentation.file_backend import AtomicLocalBackend  # noqa: E402
-from mae_transfer.segmentation.hooks import SegResultsJSONHook  # noqa: E402
+from mae_transfer.segmentation.hooks import FiniteLossHook, SegResultsJSONHook  # noqa: E402
 from mae_transfer.segmentation.metrics import PerClassIoUMetric  # noqa: E402
 from mae_transfer.segmentation.optim_constructor import (  # noqa: E402
     ViTLayerDecayOptimizerConstructor)
 from mae_transfer.segmentation.runner import FullCheckpointRunner  # noqa: E402
 
 __all__ = ["MAEViT", "ADELayoutDataset", "AtomicLocalBackend", "SegResultsJSONHook",
+           "FiniteLossHook", "CheckedLoadAnnotations", "CheckedLoadImageFromFile",
            "PerClassIoUMetric", "ViTLayerDecayOptimizerConstructor", "FullCheckpointRunner"]

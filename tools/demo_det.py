@@ -26,12 +26,13 @@ from mae_transfer import detection  # noqa: E402
 
 detection.setup()  # the framework fixes (detection/compat.py), before any detectron2 import
 import detectron2.data.transforms as T  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 from mae_transfer.detection.checkpointing import load_init_checkpoint  # noqa: E402
+from mae_transfer.detection.config_overrides import load_config  # noqa: E402
 from mae_transfer.detection.cli import (add_dataset_arguments, apply_cpu_threads,  # noqa: E402
                            register_datasets, run_reporting_input_errors)
 from mae_transfer.detection.datasets import DatasetError  # noqa: E402
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
 
 def draw(args) -> None:
     images = list_images(args.input)  # bad input fails before anything slow happens
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config), args.opts)
+    cfg = load_config(args.config, args.opts)
     apply_cpu_threads(cfg, args.device)
     register_datasets(args)
     predictor = Predictor(cfg, args.weights, args.device)

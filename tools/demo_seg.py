@@ -9,12 +9,14 @@ and ``DIR/<name>_labels.png`` (8-bit class map in the ADE20K convention: class k
 classes come from the checkpoint (MMEngine stores the training set's ``dataset_meta``; the count
 is read off the heads' weights), so the config used for training works even when ``--data-root``
 gave it a custom class list, and a checkpoint whose class list disagrees with its weights is a
-one-line error instead of a failed load.
+one-line error instead of a failed load. So is a file that is no segmentor (a Detectron2 detector,
+a bare ViT): the line says what it looks like and which tool takes it.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import mae_transfer.segmentation.registration  # noqa: E402,F401  (MAEViT, the d
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
+from mae_transfer.backbones.checkpoint_files import describe_layout  # noqa: E402
 from mae_transfer.segmentation.class_count import checkpoint_num_classes, head_cfgs  # noqa: E402
 from mae_transfer.segmentation.runner import runner_checkpoint_loading  # noqa: E402
 from mae_transfer.tools.image_inputs import list_images  # noqa: E402
@@ -73,6 +76,24 @@ def set_heads_from_checkpoint(cfg, state_dict, classes, checkpoint: str) -> None
                                              head.get("num_classes"))
 
 
+def check_is_segmentor(ckpt, checkpoint: str) -> dict:
+    """The segmentor state dict of ``ckpt``; one line naming the layout and the tool to use when
+    the file is something else (a Detectron2 detector, a bare ViT), not a failed strict load."""
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
+    if any(str(k).removeprefix("module.").startswith("decode_head.") for k in state):
+        return state
+    inner = state.get("model") if isinstance(state.get("model"), dict) else state  # Detectron2
+    keys = [str(k).removeprefix("module.") for k in inner]
+    what = describe_layout(keys)
+    if "Detectron2" in what:
+        what += f"; draw its detections with tools/demo_det.py --weights {checkpoint}"
+    elif any(re.match(r"(backbone\.)?(net\.)?blocks\.\d+\.", k) for k in keys):
+        what = (f"a ViT backbone without segmentation heads; fine-tune it first with "
+                f"tools/train_seg.py CONFIG --pretrained {checkpoint}")
+    raise ValueError(f"checkpoint {checkpoint} has no decode_head.* weights, so it is no MMSeg "
+                     f"segmentor: it looks like {what}")
+
+
 def load_segmentor(config: str, checkpoint: str, device: str):
     """Build the model with the checkpoint's class count and load its weights and metadata."""
     from mmengine.config import Config
@@ -89,13 +110,13 @@ def load_segmentor(config: str, checkpoint: str, device: str):
             ckpt = _load_checkpoint(checkpoint, map_location="cpu")
     except Exception as exc:  # torch / pickle errors of a truncated or foreign file
         raise ValueError(f"cannot read checkpoint {checkpoint}: {type(exc).__name__}") from exc
+    state = check_is_segmentor(ckpt, checkpoint)
     meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
     dataset_meta = meta.get("dataset_meta") or {}
     cfg = Config.fromfile(config)
     cfg.model.backbone.pretrained = None  # the weights come from the checkpoint
     classes = dataset_meta.get("classes")
-    set_heads_from_checkpoint(cfg, ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {},
-                              classes, checkpoint)
+    set_heads_from_checkpoint(cfg, state, classes, checkpoint)
     model = init_model(cfg, None, device="cpu")
     model = revert_sync_batchnorm(model)
     _load_checkpoint_to_model(model, ckpt, strict=True)

@@ -5,7 +5,9 @@
         [--dataset NAME=JSON:IMAGES | --dataset NAME=DIR] [--coco-root DIR] [key=value ...]
 
 Flags come first; ``key=value`` config overrides (Detectron2's dotted LazyConfig paths, e.g.
-``train.max_iter=1000 train.init_checkpoint=mae.safetensors``) come last.
+``train.max_iter=1000 train.init_checkpoint=mae.safetensors``) come last. An override that names
+no config key (``train.max_iters=3``), or a word where the config has a number, is refused in one
+line naming the closest key; ``+key=value`` adds a key on purpose.
 
 Datasets: ``coco_2017_{train,val}`` are registered from ``--coco-root`` (default
 ``$DETECTRON2_DATASETS``, else ``./datasets``) ``/coco/{train2017,val2017,annotations}``. Bring your
@@ -32,6 +34,7 @@ detection.setup()  # the framework fixes (detection/compat.py), before any detec
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
 from mae_transfer.detection.cli import add_dataset_arguments, run_reporting_input_errors  # noqa: E402
+from mae_transfer.detection.config_overrides import load_config  # noqa: E402
 from mae_transfer.detection.training import main as run_process  # noqa: E402
 
 
@@ -56,9 +59,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_reporting_input_errors(lambda: launch(
-        run_process, args.num_gpus, num_machines=args.num_machines,
-        machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,)))
+
+    def run():
+        load_config(args.config_file, args.opts)  # a bad override: one line before any process
+        launch(run_process, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+
+    return run_reporting_input_errors(run)
 
 
 if __name__ == "__main__":

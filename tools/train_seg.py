@@ -8,7 +8,9 @@
 Configs live in segmentation/configs/ (ViT-B / ViT-L on ADE20K, a tiny CPU one). Validation runs
 during training (IoUMetric: mIoU and the per-class table) and each result is written as JSON under
 <work-dir>/val_results/; --eval-only writes <work-dir>/test_results.json. Errors about the inputs
-(missing files, bad layout, bad checkpoint) are one line on stderr with exit status 2.
+(missing files, bad layout, bad checkpoint, an unknown --cfg-options key) are one line on stderr
+with exit status 2; a non-finite loss stops training with one line and exit status 3, leaving
+``last_checkpoint`` at the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ segmentation.setup()  # the framework fixes (segmentation/compat.py), before any
 import mae_transfer.segmentation.registration  # noqa: E402,F401  (MAEViT, the dataset, ...)
 from mae_transfer.segmentation import entry  # noqa: E402
 from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
+from mae_transfer.tools.divergence import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -67,6 +70,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         print(f"error: {entry.error_line(exc)}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:  # FiniteLossHook: a NaN loss (no NaN checkpoint saved)
+        print(f"error: {entry.error_line(exc)}", file=sys.stderr)
+        return EXIT_DIVERGED
 
 
 if __name__ == "__main__":

@@ -69,6 +69,6 @@ default_hooks = dict(
     # backend_args: checkpoints written whole or not at all (segmentation/file_backend.py)
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=3,
                     save_last=True, backend_args=dict(backend='atomic_local')))
-custom_hooks = [dict(type='SegResultsJSONHook')]
+custom_hooks = [dict(type='SegResultsJSONHook'), dict(type='FiniteLossHook')]
 # The 2x8 recipe's batch; with auto_scale_lr enabled MMEngine rescales lr for other batch sizes.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -60,7 +60,7 @@ train = dict(
     max_iter=max_iter,
     device="cuda",
     cpu_threads=0,  # torch's thread count when device="cpu" (0: torch's default)
-    amp=dict(enabled=True, dtype="bfloat16"),
+    amp=dict(enabled=True, dtype="bfloat16", cpu=False),  # cpu: the bf16 path on a CPU (tests)
     compile=False,
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=True),
     checkpointer=dict(period=5000, max_to_keep=10),
