@@ -81,7 +81,9 @@ def test_whole_detector_checkpoint_loads_into_every_module(tmp_path):
     assert saved["iteration"] == 9
     torch.manual_seed(4)
     fresh = detector()
-    assert load_init_checkpoint(fresh, str(tmp_path / "model_final.pth")) is None
+    report = load_init_checkpoint(fresh, str(tmp_path / "model_final.pth"))
+    assert report.layout == "Detectron2 detector" and report.part == "all"
+    assert report.missing_keys == report.unexpected_keys == [] and report.tensors == len(saved["model"])
     for key, value in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
 
@@ -144,7 +146,7 @@ def test_init_checkpoint_with_beit_tables_is_refused_by_the_decomposed_detector(
 @pytest.mark.parametrize("whole_detector", [False, True])
 def test_init_checkpoint_reads_the_file_once(tmp_path, monkeypatch, whole_detector):
     """A ViT-H file is 2.5 GB (a detector's more): one read, whatever the file holds."""
-    import mae_transfer.detection.checkpointing as ckpt_module
+    import mae_transfer.backbones.checkpoint_files as files_module
 
     if whole_detector:
         torch.manual_seed(3)
@@ -154,12 +156,8 @@ def test_init_checkpoint_reads_the_file_once(tmp_path, monkeypatch, whole_detect
     else:
         path = write_checkpoint(pretrained_encoder(seed=3), tmp_path / "enc.pth", "ours")
     reads = []
-    real = ckpt_module.read_checkpoint
-    monkeypatch.setattr(ckpt_module, "read_checkpoint",
-                        lambda p: reads.append(p) or real(p))
-    import mae_transfer.backbones.loading as loading_module
-    monkeypatch.setattr(loading_module, "read_checkpoint",
-                        lambda p: reads.append(p) or real(p))
+    real = files_module._torch_load
+    monkeypatch.setattr(files_module, "_torch_load", lambda p: reads.append(p) or real(p))
     model = detector()
     load_init_checkpoint(model, str(path))
     assert len(reads) == 1
