@@ -165,3 +165,52 @@ def test_init_checkpoint_reads_the_file_once(tmp_path, monkeypatch, whole_detect
     expected = (source.state_dict()[key] if whole_detector
                 else pretrained_encoder(seed=3)["blocks.0.attn.qkv.weight"])
     assert torch.equal(model.state_dict()[key], expected)
+
+
+def _trainer_checkpoint(model, out_dir):
+    """``model_final.pth`` as a run writes it: model, trainer (optimizer, LR hook), iteration."""
+    from detectron2.engine import SimpleTrainer, hooks
+    from detectron2.solver import LRMultiplier
+    from fvcore.common.param_scheduler import CosineParamScheduler
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # optimizer state (exp_avg, step) as after a real iteration
+    trainer = SimpleTrainer(model, [], optimizer)
+    trainer.register_hooks([hooks.LRScheduler(
+        optimizer=optimizer, scheduler=LRMultiplier(optimizer, CosineParamScheduler(1, 0), 10))])
+    trainer.iter = 9
+    AtomicCheckpointer(model, str(out_dir), trainer=trainer).save("model_final", iteration=9)
+    return out_dir / "model_final.pth"
+
+
+def test_a_runs_model_final_is_read_by_init_checkpoint_the_converter_and_segmentation(tmp_path):
+    from mae_transfer.backbones.checkpoint_reader import read_weights
+    from mae_transfer.tools.convert_checkpoint import convert
+
+    torch.manual_seed(6)
+    trained = detector()
+    path = _trainer_checkpoint(trained, tmp_path)
+    saved = torch.load(path, weights_only=True)
+    assert {"model", "trainer", "iteration"} <= set(saved) and saved["trainer"]["hooks"]
+    assert read_weights(path).report.layout == "Detectron2 detector"
+    torch.manual_seed(7)
+    fresh = detector()
+    report = load_init_checkpoint(fresh, str(path))
+    assert report.part == "all" and report.missing_keys == report.unexpected_keys == []
+    for key, value in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    # its ViT, converted or read straight into a segmentation backbone
+    net = {k: v for k, v in trained.backbone.net.state_dict().items()}
+    summary = convert(str(path), str(tmp_path / "vit.safetensors"), "ours")
+    assert summary["tensors"] == len(net) and summary["layout"] == "Detectron2 detector"
+    from mae_transfer.segmentation.backbone import MAEViT
+
+    seg = MAEViT(arch="vit_mini_patch16", img_size=64, norm_cfg=dict(type="BN"))
+    seg_report = seg.load_pretrained(str(path))
+    # ViTDet's ViT has no cls token: its pos_embed gets a zero cls slot, cls_token stays at init
+    assert seg_report.missing_pretrained == ["cls_token"] and seg_report.unexpected_keys == []
+    assert seg_report.resized_keys[0] == "pos_embed"  # then the rel-pos tables of its windows
+    for key in ("blocks.2.attn.qkv.weight", "patch_embed.proj.weight"):
+        assert torch.equal(seg.state_dict()[key], net[key])
