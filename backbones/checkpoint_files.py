@@ -1,16 +1,19 @@
-"""Reading ViT checkpoint files of every format the toolkit meets (``tools.checkpoints`` writes).
+"""Reading ViT checkpoint files (the file step of ``backbones.checkpoint_reader``, THE reader).
 
-Here, in ``backbones``, because ``backbones.load_pretrained`` needs it and the library's imports
-run one way (``backbones`` imports no ``tools``); ``tools.checkpoints`` re-exports every name, so
-either import works.
+Here, in ``backbones``, because the reader needs it and the library's imports run one way
+(``backbones`` imports no ``tools``); ``tools.checkpoints`` re-exports the names, so either import
+works. Callers read weights through ``checkpoint_reader.read_weights``; ``read_checkpoint`` is the
+raw step (tensors and metadata) for tools that inspect a file.
 
 Accepted: official MAE releases and MAE training checkpoints (``{'model': ...}`` with or without
 ``decoder_*``/``mask_token``), timm state dicts, ours (safetensors with JSON metadata under the
 ``mae_transfer`` key, or ``.pth`` ``{'model': ..., 'meta': ...}``), Detectron2 exports
 (``backbone.net.`` prefix, ``{'model': ...}``), MMSeg exports of ``MAEViT`` (``backbone.`` prefix,
 ``{'state_dict': ...}``), and MMSeg ``MAE`` / ``BEiT`` backbones or segmentors and unilm BEiT files
-(renamed by ``backbones.beit_layout``). Files are read with ``weights_only=True``: a pickle that
-would run code is refused, never executed.
+(renamed by ``backbones.beit_layout``), our MMEngine segmentation checkpoints and a Detectron2
+run's ``model_final.pth``. Files are read with ``weights_only=True`` and exactly the framework
+objects those hold allow-listed (``checkpoint_safe_globals``): a pickle that would run code is
+refused, never executed. The list of layouts: docs/checkpoints.md.
 """
 from __future__ import annotations
 

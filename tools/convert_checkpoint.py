@@ -21,9 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mae_transfer.backbones.checkpoint_reader import read_weights  # noqa: E402
 from mae_transfer.tools.checkpoints import (FORMATS, CheckpointError, describe_architecture,  # noqa: E402
-                               write_checkpoint)
+                               read_weights, write_checkpoint)
 
 #: Metadata of a training framework's own checkpoint (MMEngine: the config text, message-hub
 #: bookkeeping) that describes the run, not the weights: not carried into a converted file.

@@ -63,7 +63,12 @@ def _layout_files(tmp_path, enc):
     mae = full_mae()
     decoder = {k: v for k, v in mae.items() if k.startswith(("decoder_", "mask_token"))}
     timm_like = {**enc, "head.weight": torch.zeros(10, 64), "head.bias": torch.zeros(10)}
-    beit = to_mmseg_beit(encoder(rel_pos_type="beit", use_rel_pos=True, layer_scale_init=0.1))
+    beit_ours = encoder(rel_pos_type="beit", use_rel_pos=True, layer_scale_init=0.1)
+    beit = to_mmseg_beit(beit_ours)
+    unilm = {k: v for k, v in beit_ours.items() if not k.endswith("qkv.bias")}
+    for k in [k for k in beit_ours if k.endswith("qkv.bias")]:  # unilm: no k bias
+        unilm[k.replace("qkv.bias", "q_bias")] = beit_ours[k][:64]
+        unilm[k.replace("qkv.bias", "v_bias")] = beit_ours[k][128:]
     rows = [
         (write_checkpoint(enc, tmp_path / "a.safetensors"), "ours (safetensors): ViT encoder (blocks.{i}.*)"),
         (write_checkpoint(enc, tmp_path / "b.pth"), "ours (.pth + meta): ViT encoder (blocks.{i}.*)"),
@@ -75,6 +80,7 @@ def _layout_files(tmp_path, enc):
         (tmp_path / "g.pth", "Detectron2 detector"),
         (write_checkpoint(enc, tmp_path / "h.pth", "mmseg"), "MMSeg MAEViT (backbone.*)"),
         (tmp_path / "i.pth", "MMSeg MAE/BEiT (layers.{i}.*)"),
+        (tmp_path / "j.pth", "unilm BEiT (q_bias/v_bias)"),
         (mmengine_checkpoint(tmp_path / "iter_20.pth", enc),
          "MMEngine checkpoint: MMSeg MAEViT (backbone.*)"),
     ]
@@ -85,6 +91,7 @@ def _layout_files(tmp_path, enc):
                           "roi_heads.box_predictor.cls_score.weight": torch.zeros(4, 8)},
                 "iteration": 9}, tmp_path / "g.pth")
     torch.save({"state_dict": beit}, tmp_path / "i.pth")
+    torch.save({"model": unilm}, tmp_path / "j.pth")
     return rows
 
 
@@ -93,9 +100,12 @@ def test_every_layout_is_recognised_and_read_into_our_names(tmp_path):
     for path, layout in _layout_files(tmp_path, enc):
         weights = read_weights(path)
         assert weights.report.layout == layout, path.name
-        if "MAE/BEiT" in layout:  # BEiT tables and layer scale: another ViT, same names
+        if "BEiT" in layout:  # BEiT tables and layer scale: another ViT, same names
             assert {k for k in weights.state if not k.endswith(("bias_table", "gamma_1",
                                                                 "gamma_2"))} == set(enc)
+            bias = weights.state["blocks.0.attn.qkv.bias"]
+            if "unilm" in layout:  # q / v biases folded, k's bias zero (the same function)
+                assert torch.equal(bias[64:128], torch.zeros(64)) and bias.abs().sum() > 0
             continue
         # timm's classifier head stays in (the fit to a model reports it as unexpected)
         assert {k for k in weights.state if not k.startswith("head.")} == set(enc), path.name
