@@ -9,24 +9,27 @@ reads the same. The layouts, how each is recognised and which test covers it: do
 ``read_weights(path)`` reads a file once (``backbones.checkpoint_files``: ``weights_only=True``,
 framework objects allow-listed) and recognises its layout. ``read_weights(path_or_weights, model)``
 also fits the tensors to ``model`` (position-embedding grid, relative-position tables, patch
-kernel: ``backbones.checkpoint_fit``), refuses what cannot fit, and lists the missing /
+kernel: ``backbones.loading``), refuses what cannot fit, and lists the missing /
 unexpected / resized keys. It never loads anything: ``Weights.load_into(model)`` does, so a caller
 may inspect the report first (a detector file read once, then fitted to the whole detector).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Sequence, Union
+from typing import Iterable, Sequence, Union
 
 from mae_transfer.backbones.beit_layout import is_mmseg_beit
 from mae_transfer.backbones.checkpoint_files import (DECODER_KEY, CheckpointError, StateDict,
                                                      read_file, split_encoder,
                                                      strip_backbone_prefix, strip_ddp_prefix)
-from mae_transfer.backbones.checkpoint_fit import (FINE_TUNING_ADDITIONS, adapt_state_dict,
-                                                   check_coverage, check_rel_pos_kind)
+from mae_transfer.backbones.loading import (CheckpointReport, adapt_state_dict, check_coverage,
+                                            check_rel_pos_kind)
+
+logger = logging.getLogger("mae_transfer.load")
 
 #: What ``read_weights`` returns of a file: the ViT encoder (our names, MMSeg ``MAE`` names
 #: renamed), the MAE decoder (``decoder_*``, ``mask_token``), or every tensor under the file's own
@@ -61,47 +64,6 @@ def recognise_layout(path: Path, top_keys: Sequence[str], keys: Iterable[str]) -
     if "meta" in top_keys and "model" in top_keys:
         return f"ours (.pth + meta): {naming}"
     return naming
-
-
-@dataclass
-class CheckpointReport:
-    """What a read did with each key; ``missing_keys`` / ``unexpected_keys`` as ``load_state_dict``
-    would list them for the model (less the names the caller excluded)."""
-
-    source: str
-    layout: str
-    part: str = "encoder"
-    target: str = ""
-    tensors: int = 0
-    missing_keys: List[str] = field(default_factory=list)
-    unexpected_keys: List[str] = field(default_factory=list)
-    dropped_keys: List[str] = field(default_factory=list)
-    resized_keys: List[str] = field(default_factory=list)
-
-    @property
-    def new_in_fine_tuning(self) -> List[str]:
-        """Missing keys that fine-tuning adds (``FINE_TUNING_ADDITIONS``): expected, at their init."""
-        return [k for k in self.missing_keys if k.endswith(FINE_TUNING_ADDITIONS)]
-
-    @property
-    def missing_pretrained(self) -> List[str]:
-        """Missing keys a pretrained file should have had: the ones worth a warning."""
-        return [k for k in self.missing_keys if not k.endswith(FINE_TUNING_ADDITIONS)]
-
-    @property
-    def clean(self) -> bool:
-        """Nothing a pretrained file should have had is missing, nothing is left unused."""
-        return not (self.missing_pretrained or self.unexpected_keys)
-
-    def summary(self) -> str:
-        """The one line every caller logs (tests read it)."""
-        missing, new = self.missing_pretrained, self.new_in_fine_tuning
-        return (f"{self.source} ({self.layout}) -> {self.target or 'model'}: "
-                f"{self.tensors} tensors loaded; {len(missing)} missing keys {missing}; "
-                f"{len(new)} new in fine-tuning (left at their init); "
-                f"{len(self.unexpected_keys)} unexpected keys {self.unexpected_keys}; "
-                f"dropped {len(self.dropped_keys)} non-{self.part} keys; "
-                f"resized {self.resized_keys or 'nothing'}")
 
 
 @dataclass
@@ -180,3 +142,19 @@ def read_weights(source: Union[str, os.PathLike, Weights], model=None, *, part: 
     report.unexpected_keys = [k for k in state if k not in own]
     report.tensors = len(state) - len(report.unexpected_keys)
     return Weights(state, meta, report, raw)
+
+
+def load_pretrained(model, path: str | os.PathLike, strict: bool = False,
+                    exclude: Sequence[str] = ()) -> CheckpointReport:
+    """Load ``path`` (any layout of docs/checkpoints.md) into a ViT; return the report.
+
+    The policy of a plain ViT load: the report's summary line is logged (warning level when
+    pretrained keys are missing or some are unused); ``strict=True`` turns any missing or
+    unexpected key into a ``CheckpointError``. ``exclude``: see ``read_weights``.
+    """
+    report = read_weights(path, model, exclude=exclude).load_into(model)
+    logger.log(logging.INFO if report.clean else logging.WARNING, "loaded %s", report.summary())
+    if strict and (report.missing_keys or report.unexpected_keys):
+        raise CheckpointError(f"{path}: strict load failed: missing {report.missing_keys}, "
+                              f"unexpected {report.unexpected_keys}")
+    return report

@@ -24,7 +24,7 @@ import torch
 import mae_transfer.detection.compat  # noqa: F401  (before any detectron2 import)
 from detectron2.checkpoint import DetectionCheckpointer
 
-from mae_transfer.backbones.checkpoint_fit import check_coverage
+from mae_transfer.backbones.loading import check_coverage
 from mae_transfer.backbones.checkpoint_reader import CheckpointReport, Weights, read_weights
 from mae_transfer.tools.atomic import atomic_write
 
