@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import mae_transfer.backbones.checkpoint_files as files_module
-import mae_transfer.backbones.checkpoint_reader as reader_module
 from mae_transfer.backbones import build_vit, load_pretrained
 from mae_transfer.backbones.beit_layout import to_mmseg_beit
 from mae_transfer.backbones.checkpoint_reader import CheckpointReport, read_weights
@@ -159,7 +157,7 @@ def test_other_pickled_objects_are_refused_naming_file_and_object(tmp_path):
         assert f"({named})" in _refusal(path)
 
 
-def _mae_file(tmp_path):
+def mae_file(tmp_path):
     path = tmp_path / "checkpoint-9.pth"
     torch.save({"model": full_mae(seed=2), "epoch": 9}, path)
     return path
@@ -167,16 +165,6 @@ def _mae_file(tmp_path):
 
 def _load_pretrained(path, _):
     return load_pretrained(build_vit("vit_mini_patch16", img_size=64), path)
-
-
-def _detector(path, _):
-    import mae_transfer.detection.compat  # noqa: F401
-    from detectron2.config import LazyConfig, instantiate
-
-    from mae_transfer.detection.checkpointing import load_init_checkpoint
-
-    cfg = LazyConfig.load(str(REPO / "detection" / "configs" / "mask_rcnn_vit_mini_cpu.py"))
-    return load_init_checkpoint(instantiate(cfg.model), str(path))
 
 
 def _pretrain_init(path, _):
@@ -194,17 +182,6 @@ def _restore(path, _):
     assert torch.equal(model.decoder_embed.weight, full_mae(seed=2)["decoder_embed.weight"])
 
 
-def _segmentation(path, monkeypatch):
-    import mae_transfer.segmentation.backbone as seg_backbone
-
-    printed = []
-    monkeypatch.setattr(seg_backbone, "print_log", lambda msg, **kw: printed.append(msg))
-    vit = seg_backbone.MAEViT(arch="vit_mini_patch16", img_size=64, norm_cfg=dict(type="BN"))
-    report = vit.load_pretrained(str(path))
-    assert f"MAEViT: loaded pretrained weights: {report.summary()}" in printed
-    return report
-
-
 def _convert(path, _):
     from mae_transfer.tools.convert_checkpoint import convert
 
@@ -212,25 +189,20 @@ def _convert(path, _):
     assert summary["layout"] == "MAE with decoder (decoder_*, mask_token)"
 
 
-@pytest.mark.parametrize("caller", [_load_pretrained, _detector, _pretrain_init, _restore,
-                                    _segmentation, _convert],
+@pytest.mark.parametrize("caller", [_load_pretrained, _pretrain_init, _restore, _convert],
                          ids=lambda f: f.__name__.strip("_"))
-def test_every_caller_reads_through_the_one_reader_once(tmp_path, monkeypatch, caplog, caller):
-    path = _mae_file(tmp_path)
-    through_reader, file_reads = [], []
-    real_read_file, real_load = reader_module.read_file, files_module._torch_load
-    monkeypatch.setattr(reader_module, "read_file",
-                        lambda p: through_reader.append(p) or real_read_file(p))
-    monkeypatch.setattr(files_module, "_torch_load", lambda p: file_reads.append(p) or real_load(p))
+def test_every_caller_reads_through_the_one_reader_once(tmp_path, reader_reads, caplog, caller):
+    """Detection's and segmentation's callers: tests/detection/test_checkpoint_loading.py and
+    tests/segmentation/test_framework_checkpoints.py."""
+    path = mae_file(tmp_path)
     with caplog.at_level(logging.INFO, logger="mae_transfer"):
-        report = caller(path, monkeypatch)
-    assert [Path(p) for p in through_reader] == [path] and file_reads == [path]
+        report = caller(path, None)
+    assert reader_reads["reader"] == reader_reads["file"] == [path]
     if report is not None:  # the callers that load a ViT log the reader's one summary line
         assert isinstance(report, CheckpointReport)
         assert report.layout == "MAE with decoder (decoder_*, mask_token)"
         assert report.missing_pretrained == [] and report.tensors > 0
-        if caller is not _segmentation:
-            assert report.summary() in caplog.text
+        assert report.summary() in caplog.text
 
 
 def test_summary_names_every_kind_of_key(tmp_path):

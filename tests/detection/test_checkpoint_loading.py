@@ -10,6 +10,7 @@ import mae_transfer.detection.compat  # noqa: F401
 from detectron2.config import LazyConfig, instantiate
 
 from mae_transfer.backbones import build_vit, load_pretrained
+from mae_transfer.pretrain.model import build_mae
 from mae_transfer.detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
 from mae_transfer.tools.checkpoints import CheckpointError, write_checkpoint
 
@@ -144,27 +145,30 @@ def test_init_checkpoint_with_beit_tables_is_refused_by_the_decomposed_detector(
 
 
 @pytest.mark.parametrize("whole_detector", [False, True])
-def test_init_checkpoint_reads_the_file_once(tmp_path, monkeypatch, whole_detector):
-    """A ViT-H file is 2.5 GB (a detector's more): one read, whatever the file holds."""
-    import mae_transfer.backbones.checkpoint_files as files_module
-
+def test_init_checkpoint_reads_the_file_once_through_the_one_reader(tmp_path, reader_reads, caplog,
+                                                                   whole_detector):
+    """A ViT-H file is 2.5 GB (a detector's more): one read, whatever the file holds; the log has
+    the reader's summary line, as every caller's."""
     if whole_detector:
         torch.manual_seed(3)
         source = detector()
         path = tmp_path / "model_final.pth"
         torch.save({"model": source.state_dict()}, path)
-    else:
-        path = write_checkpoint(pretrained_encoder(seed=3), tmp_path / "enc.pth", "ours")
-    reads = []
-    real = files_module._torch_load
-    monkeypatch.setattr(files_module, "_torch_load", lambda p: reads.append(p) or real(p))
+    else:  # an MAE training checkpoint, decoder included
+        torch.manual_seed(3)
+        path = tmp_path / "checkpoint-9.pth"
+        mae = build_mae("mae_vit_mini_patch16", img_size=64).state_dict()
+        torch.save({"model": mae, "epoch": 9}, path)
     model = detector()
-    load_init_checkpoint(model, str(path))
-    assert len(reads) == 1
-    key = "backbone.net.blocks.0.attn.qkv.weight"
-    expected = (source.state_dict()[key] if whole_detector
-                else pretrained_encoder(seed=3)["blocks.0.attn.qkv.weight"])
-    assert torch.equal(model.state_dict()[key], expected)
+    with caplog.at_level(logging.INFO, logger="mae_transfer"):
+        report = load_init_checkpoint(model, str(path))
+    assert reader_reads["reader"] == reader_reads["file"] == [path]
+    assert report.summary() in caplog.text and report.missing_pretrained == []
+    assert report.layout == ("Detectron2 detector" if whole_detector
+                             else "MAE with decoder (decoder_*, mask_token)")
+    key = "blocks.0.attn.qkv.weight"
+    expected = source.state_dict()[f"backbone.net.{key}"] if whole_detector else mae[key]
+    assert torch.equal(model.state_dict()[f"backbone.net.{key}"], expected)
 
 
 def _trainer_checkpoint(model, out_dir):

@@ -123,3 +123,23 @@ def test_detectron2_init_checkpoint_takes_our_iter_checkpoint(iter_checkpoint):
     state = model.backbone.net.state_dict()
     for key in ("blocks.3.mlp.fc2.weight", "patch_embed.proj.weight", "blocks.0.attn.qkv.bias"):
         assert torch.equal(state[key], trained[key])
+
+
+def test_pretrained_reads_through_the_one_reader_and_logs_its_summary(tmp_path, reader_reads,
+                                                                      monkeypatch):
+    import mae_transfer.segmentation.backbone as seg_backbone
+    from mae_transfer.pretrain.model import build_mae
+
+    torch.manual_seed(2)
+    mae = build_mae("mae_vit_mini_patch16", img_size=64).state_dict()
+    path = tmp_path / "checkpoint-9.pth"
+    torch.save({"model": mae, "epoch": 9}, path)
+    printed = []
+    monkeypatch.setattr(seg_backbone, "print_log", lambda msg, **kw: printed.append(msg))
+    vit = _mae_vit()
+    report = vit.load_pretrained(str(path))
+    assert reader_reads["reader"] == reader_reads["file"] == [path]
+    assert report.layout == "MAE with decoder (decoder_*, mask_token)"
+    assert f"MAEViT: loaded pretrained weights: {report.summary()}" in printed
+    assert report.missing_pretrained == [] and torch.equal(vit.blocks[1].mlp.fc1.weight,
+                                                           mae["blocks.1.mlp.fc1.weight"])
