@@ -36,10 +36,12 @@ logger = logging.getLogger("mae_transfer.load")
 #: names less a DDP ``module.`` prefix (a whole detector / MAE, for a model of the same kind).
 PARTS = ("encoder", "decoder", "all")
 
-#: Recognised layouts, most specific first: (name, test on the prefix-free keys).
-_DETECTOR_KEY = re.compile(r"^(roi_heads|proposal_generator)\.")
+#: The layout of a whole Detectron2 detector (a run's ``model_final.pth``): keys only a detector has.
+DETECTRON2_DETECTOR = "Detectron2 detector"
+_DETECTOR_KEY = re.compile(r"^(roi_heads|proposal_generator|backbone\.pyramid)\.")
+#: Recognised layouts, most specific first: (name, test on the DDP-prefix-free keys).
 _KEY_LAYOUTS = (
-    ("Detectron2 detector", lambda keys: any(_DETECTOR_KEY.match(k) for k in keys)),
+    (DETECTRON2_DETECTOR, lambda keys: any(_DETECTOR_KEY.match(k) for k in keys)),
     ("Detectron2 ViT (backbone.net.*)", lambda keys: any(k.startswith("backbone.net.")
                                                          for k in keys)),
     ("MMSeg MAE/BEiT (layers.{i}.*)", lambda keys: is_mmseg_beit(strip_backbone_prefix(
@@ -74,6 +76,11 @@ class Weights:
     meta: dict
     report: CheckpointReport
     raw: StateDict  # every tensor of the file, DDP prefix stripped, under the file's names
+
+    @property
+    def whole_detector(self) -> bool:
+        """The file holds a whole Detectron2 detector (heads, proposal generator, pyramid)."""
+        return self.report.layout.endswith(DETECTRON2_DETECTOR)
 
     def load_into(self, model) -> CheckpointReport:
         """``model.load_state_dict(state, strict=False)``; returns the report (the same keys)."""

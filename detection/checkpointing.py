@@ -30,9 +30,6 @@ from mae_transfer.tools.atomic import atomic_write
 
 logger = logging.getLogger("mae_transfer.detection")
 
-#: Key prefixes that only a whole detector has (after stripping a DDP ``module.`` prefix).
-DETECTOR_KEY_PREFIXES = ("proposal_generator.", "roi_heads.", "backbone.pyramid.")
-
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` whose files appear complete or not at all (temp file + rename)."""
@@ -55,11 +52,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f.write(last_filename_basename)
 
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"), write)
-
-
-def is_detector_state(keys) -> bool:
-    """True when the keys are those of a whole detector rather than of a (prefixed) ViT."""
-    return any(k.removeprefix("module.").startswith(DETECTOR_KEY_PREFIXES) for k in keys)
 
 
 def _log(report: CheckpointReport) -> None:
@@ -96,7 +88,7 @@ def load_init_checkpoint(model: torch.nn.Module, path: Optional[str]) -> Optiona
         logger.info("no train.init_checkpoint: the whole detector starts from random init")
         return None
     weights = read_weights(path)
-    if is_detector_state(weights.raw):
+    if weights.whole_detector:
         return load_detector_weights(model, weights)
     report = read_weights(weights, model.backbone.net, target="model.backbone.net").load_into(
         model.backbone.net)
