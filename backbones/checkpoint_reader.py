@@ -36,7 +36,7 @@ logger = logging.getLogger("mae_transfer.load")
 #: names less a DDP ``module.`` prefix (a whole detector / MAE, for a model of the same kind).
 PARTS = ("encoder", "decoder", "all")
 
-#: The layout of a whole Detectron2 detector (a run's ``model_final.pth``): keys only a detector has.
+#: The layout of a whole Detectron2 detector (a run's ``model_final.pth``): keys only it has.
 DETECTRON2_DETECTOR = "Detectron2 detector"
 _DETECTOR_KEY = re.compile(r"^(roi_heads|proposal_generator|backbone\.pyramid)\.")
 #: Recognised layouts, most specific first: (name, test on the DDP-prefix-free keys).

@@ -50,8 +50,9 @@ def shapes_dataset(tmp_path_factory) -> dict:
 
 @pytest.fixture
 def reader_reads(monkeypatch):
-    """Counts checkpoint reads twice: through the one reader (``checkpoint_reader.read_file``) and
-    at the file level (every ``torch.load`` of a weights file): equal lists = no read bypasses it."""
+    """Counts checkpoint reads twice: through the one reader (``checkpoint_reader.read_file``)
+    and at the file level (every ``torch.load`` of a weights file); equal lists: no read
+    bypasses the reader."""
     import mae_transfer.backbones.checkpoint_files as files_module
     import mae_transfer.backbones.checkpoint_reader as reader_module
 

@@ -1,4 +1,4 @@
-"""The one checkpoint reader: layouts recognised, every caller through it once, framework objects."""
+"""The one checkpoint reader: layouts recognised, callers read through it, framework objects."""
 import argparse
 import collections
 import decimal
@@ -68,8 +68,10 @@ def _layout_files(tmp_path, enc):
         unilm[k.replace("qkv.bias", "q_bias")] = beit_ours[k][:64]
         unilm[k.replace("qkv.bias", "v_bias")] = beit_ours[k][128:]
     rows = [
-        (write_checkpoint(enc, tmp_path / "a.safetensors"), "ours (safetensors): ViT encoder (blocks.{i}.*)"),
-        (write_checkpoint(enc, tmp_path / "b.pth"), "ours (.pth + meta): ViT encoder (blocks.{i}.*)"),
+        (write_checkpoint(enc, tmp_path / "a.safetensors"),
+         "ours (safetensors): ViT encoder (blocks.{i}.*)"),
+        (write_checkpoint(enc, tmp_path / "b.pth"),
+         "ours (.pth + meta): ViT encoder (blocks.{i}.*)"),
         (tmp_path / "c.pth", "MAE with decoder (decoder_*, mask_token)"),
         (tmp_path / "d.pth", "ViT encoder (blocks.{i}.*)"),
         (tmp_path / "e.pth", "timm ViT (head.*)"),

@@ -84,7 +84,8 @@ def test_whole_detector_checkpoint_loads_into_every_module(tmp_path):
     fresh = detector()
     report = load_init_checkpoint(fresh, str(tmp_path / "model_final.pth"))
     assert report.layout == "Detectron2 detector" and report.part == "all"
-    assert report.missing_keys == report.unexpected_keys == [] and report.tensors == len(saved["model"])
+    assert report.missing_keys == report.unexpected_keys == []
+    assert report.tensors == len(saved["model"])
     for key, value in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
 

@@ -2,7 +2,8 @@
 
 They hold MMEngine objects (``HistoryBuffer`` in ``message_hub``, numpy arrays) next to the
 tensors; the one reader reads them with ``weights_only=True`` (allow-listed framework objects),
-so ``--pretrained``, ``init_cfg``, the converter and Detectron2's ``train.init_checkpoint`` take them.
+so ``--pretrained``, ``init_cfg``, the converter and Detectron2's ``train.init_checkpoint``
+take them.
 """
 from pathlib import Path
 

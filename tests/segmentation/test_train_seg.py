@@ -80,7 +80,8 @@ def test_the_runs_iter_checkpoint_is_read_as_pretrained_weights(repo_root, train
     assert weights.meta["dataset_meta"]["classes"] == ("disc", "square", "triangle")
     assert torch.equal(weights.state["blocks.0.attn.qkv.weight"],
                        state["backbone.blocks.0.attn.qkv.weight"])
-    proc = run(repo_root, "convert_checkpoint.py", work / "iter_20.pth", tmp_path / "vit.safetensors")
+    proc = run(repo_root, "convert_checkpoint.py", work / "iter_20.pth",
+               tmp_path / "vit.safetensors")
     assert proc.returncode == 0 and "MMEngine checkpoint" in proc.stdout, proc.stderr[-2000:]
 
 
