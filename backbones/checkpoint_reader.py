@@ -24,7 +24,7 @@ from typing import Iterable, Sequence, Union
 
 from mae_transfer.backbones.beit_layout import is_mmseg_beit
 from mae_transfer.backbones.checkpoint_files import (DECODER_KEY, CheckpointError, StateDict,
-                                                     read_file, split_encoder,
+                                                     describe_layout, read_file, split_encoder,
                                                      strip_backbone_prefix, strip_ddp_prefix)
 from mae_transfer.backbones.loading import (CheckpointReport, adapt_state_dict, check_coverage,
                                             check_rel_pos_kind)
@@ -39,26 +39,33 @@ PARTS = ("encoder", "decoder", "all")
 #: The layout of a whole Detectron2 detector (a run's ``model_final.pth``): keys only it has.
 DETECTRON2_DETECTOR = "Detectron2 detector"
 _DETECTOR_KEY = re.compile(r"^(roi_heads|proposal_generator|backbone\.pyramid)\.")
+_VIT_KEY = re.compile(r"^(blocks\.\d+\.|patch_embed\.proj\.)")
+
+
+def _has_vit(keys, prefix: str = "") -> bool:
+    return any(k.startswith(prefix) and _VIT_KEY.match(k[len(prefix):]) for k in keys)
+
+
 #: Recognised layouts, most specific first: (name, test on the DDP-prefix-free keys).
 _KEY_LAYOUTS = (
     (DETECTRON2_DETECTOR, lambda keys: any(_DETECTOR_KEY.match(k) for k in keys)),
-    ("Detectron2 ViT (backbone.net.*)", lambda keys: any(k.startswith("backbone.net.")
-                                                         for k in keys)),
+    ("Detectron2 ViT (backbone.net.*)", lambda keys: _has_vit(keys, "backbone.net.")),
     ("MMSeg MAE/BEiT (layers.{i}.*)", lambda keys: is_mmseg_beit(strip_backbone_prefix(
         dict.fromkeys(keys))[0])),
-    ("MMSeg MAEViT (backbone.*)", lambda keys: any(k.startswith("backbone.") for k in keys)),
+    ("MMSeg MAEViT (backbone.*)", lambda keys: _has_vit(keys, "backbone.")),
     ("unilm BEiT (q_bias/v_bias)", lambda keys: any(k.endswith("attn.q_bias") for k in keys)),
     ("MAE with decoder (decoder_*, mask_token)", lambda keys: any(DECODER_KEY.match(k)
                                                                   for k in keys)),
     ("timm ViT (head.*)", lambda keys: any(k.startswith("head.") for k in keys)),
-    ("ViT encoder (blocks.{i}.*)", lambda keys: True),
+    ("ViT encoder (blocks.{i}.*)", _has_vit),
 )
 
 
 def recognise_layout(path: Path, top_keys: Sequence[str], keys: Iterable[str]) -> str:
     """The layout's name (docs/checkpoints.md): the container, then how the tensors are named."""
     keys = [k[len("module."):] if k.startswith("module.") else k for k in keys]
-    naming = next(name for name, test in _KEY_LAYOUTS if test(keys))
+    naming = next((name for name, test in _KEY_LAYOUTS if test(keys)),
+                  f"not a ViT checkpoint: {describe_layout(keys)}")
     if path.suffix == ".safetensors":
         return f"ours (safetensors): {naming}"
     if "message_hub" in top_keys:

@@ -72,10 +72,6 @@ class CheckpointReport:
                 f"resized {self.resized_keys or 'nothing'}")
 
 
-#: The report's former name.
-LoadReport = CheckpointReport
-
-
 def _fit_pos_embed(pos: torch.Tensor, model, meta: dict) -> torch.Tensor:
     target = model.pos_embed
     prefix, grid = infer_grid(pos.shape[1], hint=meta_grid(meta) or model.pretrain_grid)

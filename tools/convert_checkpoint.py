@@ -33,6 +33,9 @@ def convert(src: str, dst: str, to: str) -> dict:
     """Convert ``src`` to ``dst`` in format ``to``; returns a summary dict (counts, dropped keys,
     the layout the one reader recognised)."""
     weights = read_weights(src)
+    if not any(k.startswith(("blocks.", "patch_embed.")) for k in weights.state):
+        raise CheckpointError(f"{src} holds no ViT encoder ({weights.report.layout}); "
+                              f"nothing written")
     meta = {k: v for k, v in weights.meta.items() if k not in RUN_META}
     meta = {**meta, "converted_from": os.path.basename(src)}
     write_checkpoint(weights.state, dst, to, meta)

@@ -112,6 +112,21 @@ def test_every_layout_is_recognised_and_read_into_our_names(tmp_path):
         assert all(torch.equal(weights.state[k], enc[k]) for k in enc), path.name
 
 
+def test_a_file_without_a_vit_is_named_as_such_and_not_converted(tmp_path, capsys):
+    from mae_transfer.tools.convert_checkpoint import main
+
+    path = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(8, 3, 7, 7),
+                               "backbone.layer1.0.conv1.weight": torch.zeros(8, 8, 1, 1),
+                               "decode_head.conv_seg.weight": torch.zeros(3, 8, 1, 1)}}, path)
+    layout = read_weights(path).report.layout
+    assert layout.startswith("not a ViT checkpoint: ") and "(first keys:" in layout
+    assert main([str(path), str(tmp_path / "out.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {path} holds no ViT encoder ({layout}); nothing written"
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_mmengine_segmentation_checkpoint_reads_without_running_framework_code(tmp_path):
     enc = encoder(seed=1)
     path = mmengine_checkpoint(tmp_path / "iter_20.pth", enc)
