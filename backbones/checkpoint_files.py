@@ -86,8 +86,8 @@ def _pickled_attribute(owner, name: str) -> str:
 
 
 def _numpy_globals() -> list:
-    """numpy arrays and scalars (MMEngine logs, Detectron2 model-zoo weights): reconstructed as
-    data by numpy's own functions, under the names numpy 1.x (``numpy.core``) and 2.x
+    """numpy arrays and scalars (MMEngine's logs and runtime info): reconstructed as data by
+    numpy's own functions, under the names numpy 1.x (``numpy.core``) and 2.x
     (``numpy._core``) pickle them by; numeric and bool dtypes only (no object arrays)."""
     import numpy as np
 
@@ -111,6 +111,12 @@ def checkpoint_safe_globals() -> list:
     return [argparse.Namespace, *_numpy_globals(),
             *[(cls, cls.pickled_as) for cls in FRAMEWORK_RECORDS],
             (_pickled_attribute, "builtins.getattr")]
+
+
+#: How ``weights_only`` loading names what it refused: a global it does not allow, or an instance
+#: of a type it may not build (a numpy object or string dtype: the global was allowed, the type not).
+_REFUSED_OBJECT = re.compile(r"GLOBAL ([\w.]+)|WeightsUnpickler error: .*?<class '([\w.]+)'>",
+                             re.S)
 
 
 def _torch_load(path: Path):
@@ -141,12 +147,13 @@ def read_file(path: str | os.PathLike) -> Tuple[StateDict, dict, List[str]]:
         else:
             obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        found = _REFUSED_OBJECT.search(str(exc))
         if found is None:  # not a pickle of ours at all (garbage, another file type)
             raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
                                   f"(not a torch or safetensors file)") from exc
         raise CheckpointError(
-            f"refusing to load {path}: it pickles a Python object ({found.group(1)}) that could "
+            f"refusing to load {path}: it pickles a Python object "
+            f"({found.group(1) or found.group(2)}) that could "
             f"run code; only tensors, numbers, containers and the framework objects of "
             f"checkpoint_safe_globals() are loaded (weights_only=True)"
         ) from exc

@@ -167,7 +167,9 @@ def test_other_pickled_objects_are_refused_naming_file_and_object(tmp_path):
     cases = [(decimal.Decimal("1.5"), "decimal.Decimal"),
              (_FetchesAMethod(HistoryBuffer, "update"),
               "mmengine.logging.history_buffer.HistoryBuffer.update"),
-             (_FetchesAMethod(argparse.Namespace, "__init__"), "Namespace.__init__")]
+             (_FetchesAMethod(argparse.Namespace, "__init__"), "Namespace.__init__"),
+             # numpy arrays are allowed, but of numbers only
+             (np.array(["a", 1], dtype=object), "numpy.dtypes.ObjectDType")]
     for i, (obj, named) in enumerate(cases):
         path = tmp_path / f"bad{i}.pth"
         torch.save({"model": enc, "extra": obj}, path)
