@@ -3,6 +3,6 @@
 Framework-free: imports neither Detectron2 nor MMSegmentation.
 """
 from mae_transfer.backbones.vit import VIT_ARCHS, VisionTransformer, build_vit
-from mae_transfer.backbones.loading import load_pretrained
+from mae_transfer.backbones.checkpoint_reader import load_pretrained
 
 __all__ = ["VIT_ARCHS", "VisionTransformer", "build_vit", "load_pretrained"]

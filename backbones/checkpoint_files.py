@@ -1,16 +1,19 @@
-"""Reading ViT checkpoint files of every format the toolkit meets (``tools.checkpoints`` writes).
+"""Reading ViT checkpoint files (the file step of ``backbones.checkpoint_reader``, THE reader).
 
-Here, in ``backbones``, because ``backbones.load_pretrained`` needs it and the library's imports
-run one way (``backbones`` imports no ``tools``); ``tools.checkpoints`` re-exports every name, so
-either import works.
+Here, in ``backbones``, because the reader needs it and the library's imports run one way
+(``backbones`` imports no ``tools``); ``tools.checkpoints`` re-exports the names, so either import
+works. Callers read weights through ``checkpoint_reader.read_weights``; ``read_checkpoint`` is the
+raw step (tensors and metadata) for tools that inspect a file.
 
 Accepted: official MAE releases and MAE training checkpoints (``{'model': ...}`` with or without
 ``decoder_*``/``mask_token``), timm state dicts, ours (safetensors with JSON metadata under the
 ``mae_transfer`` key, or ``.pth`` ``{'model': ..., 'meta': ...}``), Detectron2 exports
 (``backbone.net.`` prefix, ``{'model': ...}``), MMSeg exports of ``MAEViT`` (``backbone.`` prefix,
 ``{'state_dict': ...}``), and MMSeg ``MAE`` / ``BEiT`` backbones or segmentors and unilm BEiT files
-(renamed by ``backbones.beit_layout``). Files are read with ``weights_only=True``: a pickle that
-would run code is refused, never executed.
+(renamed by ``backbones.beit_layout``), our MMEngine segmentation checkpoints and a Detectron2
+run's ``model_final.pth``. Files are read with ``weights_only=True`` and exactly the framework
+objects those hold allow-listed (``checkpoint_safe_globals``): a pickle that would run code is
+refused, never executed. The list of layouts: docs/checkpoints.md.
 """
 from __future__ import annotations
 
@@ -32,21 +35,103 @@ META_KEY = "mae_transfer"
 DECODER_KEY = re.compile(r"^(decoder_|mask_token$)")
 #: Framework prefixes, most specific first: Detectron2's ``backbone.net.``, MMSeg's ``backbone.``.
 BACKBONE_PREFIXES = ("backbone.net.", "backbone.")
+#: Keys of a (prefix-free) file that are not the encoder's: the MAE decoder, and the multi-scale
+#: ``adapter`` our segmentation backbone (``MAEViT``) puts on top of the ViT.
+NON_ENCODER_KEY = re.compile(r"^(decoder_|mask_token$|adapter\.)")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line that says why."""
 
 
+class FrameworkRecord:
+    """Inert stand-in for a training framework's bookkeeping object inside a checkpoint.
+
+    MMEngine checkpoints (``iter_N.pth``) pickle ``HistoryBuffer`` objects (the logged losses and
+    timings of ``message_hub``). A weights reader needs none of them, so their pickled name maps
+    to this class: their state is kept as data (``pickled_state``) and no framework code runs,
+    nor does the framework need to be installed.
+    """
+
+    pickled_as = ""
+
+    def __setstate__(self, state) -> None:
+        self.pickled_state = state
+
+    def __repr__(self) -> str:
+        return f"<{self.pickled_as} (read as data)>"
+
+
+def _record_class(qualified_name: str) -> type:
+    return type(qualified_name.rsplit(".", 1)[1], (FrameworkRecord,),
+                {"pickled_as": qualified_name, "__module__": __name__})
+
+
+#: Framework objects allowed in a checkpoint, read as ``FrameworkRecord`` data (never their code).
+HistoryBufferRecord = _record_class("mmengine.logging.history_buffer.HistoryBuffer")
+FRAMEWORK_RECORDS = (HistoryBufferRecord,)
+#: What each record's pickle fetches by ``getattr``: MMEngine's ``HistoryBuffer`` pickles its
+#: statistics table, whose values are its own methods, as ``getattr(HistoryBuffer, name)``.
+PICKLED_ATTRIBUTES = {HistoryBufferRecord: frozenset({"min", "max", "current", "mean"})}
+
+
+def _pickled_attribute(owner, name: str) -> str:
+    """``builtins.getattr`` as a checkpoint may call it: only the names ``PICKLED_ATTRIBUTES``
+    lists, answered with a label (the method itself is never needed to read weights)."""
+    if name in PICKLED_ATTRIBUTES.get(owner, ()):
+        return f"{owner.pickled_as}.{name}"
+    owner_name = getattr(owner, "pickled_as", None) or getattr(owner, "__qualname__", None) \
+        or type(owner).__name__
+    raise pickle.UnpicklingError(f"GLOBAL {owner_name}.{name} (fetched with getattr)")
+
+
+def _numpy_globals() -> list:
+    """numpy arrays and scalars (MMEngine's logs and runtime info): reconstructed as data by
+    numpy's own functions, under the names numpy 1.x (``numpy.core``) and 2.x
+    (``numpy._core``) pickle them by; numeric and bool dtypes only (no object arrays)."""
+    import numpy as np
+
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtypes = [type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64,
+                                          np.uint8, np.uint16, np.uint32, np.uint64,
+                                          np.float16, np.float32, np.float64)]
+    named = [(getattr(core, fn), f"{module}.multiarray.{fn}")
+             for fn in ("_reconstruct", "scalar") for module in ("numpy.core", "numpy._core")]
+    return [np.ndarray, np.dtype, *dtypes, *named]
+
+
+def checkpoint_safe_globals() -> list:
+    """Everything ``weights_only`` loading allows beyond tensors, numbers and containers.
+
+    ``argparse.Namespace``: official MAE training checkpoints pickle their ``args``. numpy arrays
+    and dtypes, MMEngine's ``HistoryBuffer`` (as ``FrameworkRecord``) and the ``getattr`` calls
+    of its pickle: what our MMEngine segmentation checkpoints (``iter_N.pth``) hold next to the
+    tensors. Any other Python object in a file is refused, naming the file and the object.
+    """
+    return [argparse.Namespace, *_numpy_globals(),
+            *[(cls, cls.pickled_as) for cls in FRAMEWORK_RECORDS],
+            (_pickled_attribute, "builtins.getattr")]
+
+
+#: How ``weights_only`` loading names what it refused: a global it does not allow, or an instance
+#: of a type it may not build (a numpy object or string dtype: the global was allowed, the type not).
+_REFUSED_OBJECT = re.compile(r"GLOBAL ([\w.]+)|WeightsUnpickler error: .*?<class '([\w.]+)'>",
+                             re.S)
+
+
 def _torch_load(path: Path):
-    # argparse.Namespace is a plain data holder that official MAE training checkpoints pickle
-    # (``args``); allowing it keeps weights_only's guarantee that no code runs.
-    with torch.serialization.safe_globals([argparse.Namespace]):
+    with torch.serialization.safe_globals(checkpoint_safe_globals()):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Tuple[StateDict, dict]:
     """Return ``(tensor state dict, metadata)`` of any supported file, unwrapping containers."""
+    state, meta, _ = read_file(path)
+    return state, meta
+
+
+def read_file(path: str | os.PathLike) -> Tuple[StateDict, dict, List[str]]:
+    """``read_checkpoint`` plus the file's top-level keys (what tells the container apart)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
@@ -62,19 +147,23 @@ def read_checkpoint(path: str | os.PathLike) -> Tuple[StateDict, dict]:
         else:
             obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        found = _REFUSED_OBJECT.search(str(exc))
         if found is None:  # not a pickle of ours at all (garbage, another file type)
             raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
                                   f"(not a torch or safetensors file)") from exc
         raise CheckpointError(
-            f"refusing to load {path}: it pickles a Python object ({found.group(1)}) that could "
-            f"run code; only tensors, numbers and containers are loaded (weights_only=True)"
+            f"refusing to load {path}: it pickles a Python object "
+            f"({found.group(1) or found.group(2)}) that could "
+            f"run code; only tensors, numbers, containers and the framework objects of "
+            f"checkpoint_safe_globals() are loaded (weights_only=True)"
         ) from exc
     except Exception as exc:  # zip/safetensors/EOF errors of a damaged file
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
                               f"({type(exc).__name__}: {detail})") from exc
-    return _unwrap(obj, path, meta)
+    top_keys = sorted(k for k in obj if isinstance(k, str)) if isinstance(obj, dict) else []
+    state, meta = _unwrap(obj, path, meta)
+    return state, meta, top_keys
 
 
 def _unwrap(obj, path: Path, meta: dict) -> Tuple[StateDict, dict]:
@@ -104,22 +193,27 @@ def meta_grid(meta: dict) -> Optional[Tuple[int, int]]:
     return None
 
 
+def strip_backbone_prefix(state: StateDict) -> Tuple[StateDict, List[str]]:
+    """Keep a detector's / segmentor's backbone keys without their prefix (``BACKBONE_PREFIXES``):
+    ``(backbone state, the other keys)``. A file without such a prefix is returned as it is."""
+    for prefix in BACKBONE_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            return ({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                    [k for k in state if not k.startswith(prefix)])
+    return state, []
+
+
 def split_encoder(state: StateDict) -> Tuple[StateDict, List[str]]:
     """Strip framework / DDP prefixes and drop MAE decoder keys: ``(encoder state, dropped keys)``.
 
     When a file holds a whole detector or segmentor, only its backbone keys are kept; the rest
-    (heads, pyramids) are returned as dropped so the caller can report them. MMSeg ``MAE`` /
-    ``BEiT`` names are renamed to ours (``backbones.beit_layout``), so every caller sees one naming.
+    (heads, pyramids, our segmentation backbone's ``adapter.*``) are returned as dropped so the
+    caller can report them. MMSeg ``MAE`` / ``BEiT`` names are renamed to ours
+    (``backbones.beit_layout``), so every caller sees one naming.
     """
-    state = strip_ddp_prefix(state)
-    dropped: List[str] = []
-    for prefix in BACKBONE_PREFIXES:
-        if any(k.startswith(prefix) for k in state):
-            dropped += [k for k in state if not k.startswith(prefix)]
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            break
-    dropped += [k for k in state if DECODER_KEY.match(k)]
-    state = {k: v for k, v in state.items() if not DECODER_KEY.match(k)}
+    state, dropped = strip_backbone_prefix(strip_ddp_prefix(state))
+    dropped += [k for k in state if NON_ENCODER_KEY.match(k)]
+    state = {k: v for k, v in state.items() if not NON_ENCODER_KEY.match(k)}
     state, derived = (from_mmseg_beit if is_mmseg_beit(state) else normalize_beit_quirks)(state)
     return state, dropped + derived
 

@@ -1,26 +1,24 @@
-"""``load_pretrained``: put any supported checkpoint into a ``VisionTransformer``.
+"""Fitting a checkpoint's encoder tensors to a ``VisionTransformer``, and the report of a load.
 
 Adapts what legitimately differs between pretraining and fine-tuning (the position-embedding grid,
-a missing cls slot, the relative-position table size, the patch size), refuses everything else
-with one clear line, and reports missing / unexpected / dropped keys by name, because a silent key
-mismatch is the usual reason a "pretrained" model behaves like a random one. A file that fills
-none or only a small part of the encoder (``check_coverage``) is refused, naming the layout it
-looks like and the converter to use, instead of training on from random init.
+a missing cls slot, the relative-position table size, the patch size) and refuses everything else
+with one clear line: other shape mismatches, relative-position tables of the other kind, and files
+that fill none or only a small part of the encoder (``check_coverage``), naming the layout they
+look like and the converter to use, instead of training on from random init. The one checkpoint
+reader (``backbones.checkpoint_reader``, where ``load_pretrained`` lives) runs these checks for
+every caller and fills a ``CheckpointReport``; missing / unexpected keys are reported by name,
+because a silent key mismatch is the usual reason a "pretrained" model behaves like a random one.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List
+from typing import List
 
 import torch
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from mae_transfer.backbones.checkpoint_files import (CheckpointError, StateDict, describe_architecture,
-                                        describe_layout, meta_grid, read_checkpoint,
-                                        split_encoder)
+                                        describe_layout, meta_grid)
 from mae_transfer.backbones.pos_embed import (PATCH_KERNEL_RESAMPLING, POS_EMBED_RESAMPLING,
                                               infer_grid, resize_beit_table, resize_rel_pos)
 
@@ -33,13 +31,17 @@ MIN_BLOCK_COVERAGE = 0.5
 CONVERT_HINT = ("python tools/convert_checkpoint.py SRC DST --to ours (it reads official MAE, "
                 "timm, ours, Detectron2, MMSeg MAEViT and MMSeg MAE/BEiT files)")
 
-logger = logging.getLogger("mae_transfer.load")
-
 
 @dataclass
-class LoadReport:
-    """What happened to each key; ``missing_keys`` and ``unexpected_keys`` as in ``load_state_dict``."""
+class CheckpointReport:
+    """What a read did with each key; ``missing_keys`` / ``unexpected_keys`` as ``load_state_dict``
+    would list them for the model (less the names the caller excluded)."""
 
+    source: str
+    layout: str  # the layout the reader recognised (docs/checkpoints.md)
+    part: str = "encoder"
+    target: str = ""
+    tensors: int = 0
     missing_keys: List[str] = field(default_factory=list)
     unexpected_keys: List[str] = field(default_factory=list)
     dropped_keys: List[str] = field(default_factory=list)
@@ -54,6 +56,21 @@ class LoadReport:
     def missing_pretrained(self) -> List[str]:
         """Missing keys a pretrained file should have had: the ones worth a warning."""
         return [k for k in self.missing_keys if not k.endswith(FINE_TUNING_ADDITIONS)]
+
+    @property
+    def clean(self) -> bool:
+        """Nothing a pretrained file should have had is missing, nothing is left unused."""
+        return not (self.missing_pretrained or self.unexpected_keys)
+
+    def summary(self) -> str:
+        """The one line every caller logs (tests read it)."""
+        missing, new = self.missing_pretrained, self.new_in_fine_tuning
+        return (f"{self.source} ({self.layout}) -> {self.target or 'model'}: "
+                f"{self.tensors} tensors loaded; {len(missing)} missing keys {missing}; "
+                f"{len(new)} new in fine-tuning (left at their init); "
+                f"{len(self.unexpected_keys)} unexpected keys {self.unexpected_keys}; "
+                f"dropped {len(self.dropped_keys)} non-{self.part} keys; "
+                f"resized {self.resized_keys or 'nothing'}")
 
 
 def _fit_pos_embed(pos: torch.Tensor, model, meta: dict) -> torch.Tensor:
@@ -156,63 +173,3 @@ def check_coverage(state: StateDict, own: StateDict, raw_keys, source: str) -> N
             f"fills only {len(filled)} of this ViT's {len(blocks)} block tensors")
     raise CheckpointError(f"{source} {what}: it looks like {describe_layout(raw_keys)}; convert a "
                           f"ViT checkpoint with {CONVERT_HINT} and load DST")
-
-
-@contextlib.contextmanager
-def without(model, names: Iterable[str]) -> Iterator:
-    """Hide ``model``'s direct submodules / parameters called ``names`` for the ``with`` body.
-
-    So that loading an encoder file into a model that holds more than the ViT (an MAE's decoder,
-    a segmentation adapter) reports exactly the ViT's missing keys instead of drowning them in
-    keys no encoder file ever has.
-    """
-    hidden = []
-    for name in names:
-        for store in (model._modules, model._parameters, model._buffers):
-            if name in store:
-                hidden.append((store, name, store.pop(name)))
-    try:
-        yield model
-    finally:
-        for store, name, value in hidden:
-            store[name] = value
-
-
-def load_pretrained(model, path: str | os.PathLike, strict: bool = False) -> LoadReport:
-    """Load ``path`` (any format of ``tools.checkpoints``) into ``model``; return a ``LoadReport``.
-
-    Missing and unexpected keys are logged by name (warning level); ``strict=True`` turns them
-    into a ``CheckpointError``. Shape mismatches other than the position grid always raise, and
-    so do files that fill too little of the encoder (``check_coverage``) and relative position
-    tables of the other kind (``check_rel_pos_kind``).
-    """
-    state, meta = read_checkpoint(path)
-    return load_state(model, state, meta, source=str(path), strict=strict)
-
-
-def load_state(model, state: StateDict, meta: dict | None = None, source: str = "checkpoint",
-               strict: bool = False) -> LoadReport:
-    """``load_pretrained`` for a state dict already in memory (as ``read_checkpoint`` returns it).
-
-    For callers that need the file's other tensors too (a detector's heads, an MAE decoder): the
-    file is read once, not once per use (a ViT-H file is 2.5 GB). The same checks run here.
-    """
-    meta = meta or {}
-    raw_keys = list(state)
-    state, dropped = split_encoder(state)
-    own = model.state_dict()
-    check_coverage(state, own, raw_keys, source)
-    check_rel_pos_kind(state, own, source)
-    state, resized = adapt_state_dict(state, model, meta, source=source)
-    result = model.load_state_dict(state, strict=False)
-    report = LoadReport(list(result.missing_keys), list(result.unexpected_keys), dropped, resized)
-    logger.info("loaded %s: %d tensors; resized %s; dropped %d non-encoder keys",
-                source, len(state) - len(report.unexpected_keys), resized or "nothing", len(dropped))
-    if report.missing_keys:
-        logger.warning("missing keys (left at their init): %s", ", ".join(report.missing_keys))
-    if report.unexpected_keys:
-        logger.warning("unexpected keys (ignored): %s", ", ".join(report.unexpected_keys))
-    if strict and (report.missing_keys or report.unexpected_keys):
-        raise CheckpointError(f"{source}: strict load failed: missing {report.missing_keys}, "
-                              f"unexpected {report.unexpected_keys}")
-    return report

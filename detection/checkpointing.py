@@ -6,10 +6,11 @@ Two different things are called "checkpoint" in a detection run:
   ``DetectionCheckpointer``, made atomic here (fvcore writes the final file in place, so a crash
   or a full disk mid-write leaves a truncated ``model_final.pth`` behind), and refused for
   non-finite weights (``tools.divergence``: a diverged run keeps its last good checkpoint);
-- initial weights (``train.init_checkpoint``): a pretrained ViT in any format that
-  ``backbones.load_pretrained`` reads (MAE, timm, ours, Detectron2 or MMSeg exports), loaded into
-  ``model.backbone.net``; or a whole detector (a ``model_*.pth`` of an earlier run, e.g. for
-  ``--eval-only``), recognised by its head keys and loaded into the whole model.
+- initial weights (``train.init_checkpoint``): a pretrained ViT in any layout the one reader
+  (``backbones.checkpoint_reader``, docs/checkpoints.md) reads (MAE, timm, ours, Detectron2 or
+  MMSeg exports, our MMEngine segmentation ``iter_N.pth``), loaded into ``model.backbone.net``;
+  or a whole detector (a ``model_*.pth`` of an earlier run, e.g. for ``--eval-only``),
+  recognised by its head keys and loaded into the whole model.
 
 Everything written is plain tensors and numbers, loadable with ``weights_only=True``.
 """
@@ -17,21 +18,18 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional
+from typing import Optional, Union
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from mae_transfer.backbones.loading import LoadReport, check_coverage, load_state
+from mae_transfer.backbones.loading import check_coverage
+from mae_transfer.backbones.checkpoint_reader import CheckpointReport, Weights, read_weights
 from mae_transfer.tools.atomic import atomic_write
-from mae_transfer.tools.checkpoints import CheckpointError, read_checkpoint, strip_ddp_prefix
 from mae_transfer.tools.divergence import diverged, first_non_finite
 
 logger = logging.getLogger("mae_transfer.detection")
-
-#: Key prefixes that only a whole detector has (after stripping a DDP ``module.`` prefix).
-DETECTOR_KEY_PREFIXES = ("proposal_generator.", "roi_heads.", "backbone.pyramid.")
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -63,59 +61,43 @@ class AtomicCheckpointer(DetectionCheckpointer):
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"), write)
 
 
-def is_detector_state(keys) -> bool:
-    """True when the keys are those of a whole detector rather than of a (prefixed) ViT."""
-    return any(k.removeprefix("module.").startswith(DETECTOR_KEY_PREFIXES) for k in keys)
+def _log(report: CheckpointReport) -> None:
+    logger.log(logging.INFO if report.clean else logging.WARNING, "init_checkpoint %s%s",
+               report.summary(), "" if report.part != "encoder" else
+               " (relative-position tables the checkpoint lacks start at zero: no bias, the "
+               "pretrained attention, as in ViTDet)")
 
 
-def load_detector_weights(model: torch.nn.Module, path: str,
-                          raw: Optional[dict] = None) -> List[str]:
-    """Load a whole-detector state dict; returns the missing keys (logged, like unexpected ones).
+def load_detector_weights(model: torch.nn.Module, source: Union[str, Weights]) -> CheckpointReport:
+    """Load a whole-detector file (or its ``Weights``, read once) into every module of ``model``.
 
-    ``raw``: the file's tensors when the caller has read them already (read once: a ViT-H
-    detector file is several GB). A detector whose backbone is not this ViT (e.g. a Detectron2
-    ResNet R-CNN) is refused as ``backbones.load_pretrained`` refuses a file that fills too
-    little of the encoder.
+    A detector whose backbone is not this ViT (e.g. a Detectron2 ResNet R-CNN) is refused as a
+    ViT file that fills too little of the encoder is (``check_coverage``).
     """
-    if raw is None:
-        raw, _ = read_checkpoint(path)
-    state = strip_ddp_prefix(raw)
+    weights = source if isinstance(source, Weights) else read_weights(source)
     prefix = "backbone.net."
-    check_coverage({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                   model.backbone.net.state_dict(), raw.keys(), path)
-    own = model.state_dict()
-    bad = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if bad:
-        raise CheckpointError(f"{path} does not fit this detector: {len(bad)} tensors differ in "
-                              f"shape (e.g. {'; '.join(bad[:2])})")
-    result = model.load_state_dict(state, strict=False)
-    logger.info("loaded detector weights from %s (%d tensors)", path, len(state))
-    if result.missing_keys:
-        logger.warning("missing keys (left at their init): %s", ", ".join(result.missing_keys))
-    if result.unexpected_keys:
-        logger.warning("unexpected keys (ignored): %s", ", ".join(result.unexpected_keys))
-    return list(result.missing_keys)
+    check_coverage({k[len(prefix):]: v for k, v in weights.raw.items() if k.startswith(prefix)},
+                   model.backbone.net.state_dict(), weights.raw.keys(), weights.report.source)
+    weights = read_weights(weights, model, part="all", target="model")
+    report = weights.load_into(model)
+    _log(report)
+    return report
 
 
-def load_init_checkpoint(model: torch.nn.Module, path: Optional[str]) -> Optional[LoadReport]:
+def load_init_checkpoint(model: torch.nn.Module, path: Optional[str]) -> Optional[CheckpointReport]:
     """Initialise ``model`` from ``path`` (see the module docstring); no-op for an empty path.
 
-    Returns the backbone ``LoadReport`` for a ViT checkpoint, None otherwise. The log lists the
-    missing and unexpected backbone keys by their names in the detector (``backbone.net.*``).
+    The file is read once (a ViT-H detector file is several GB) and fitted either to the whole
+    detector (a whole-detector file) or to ``model.backbone.net``. Returns the report (its
+    ``part`` says which: ``all`` or ``encoder``), None without a path.
     """
     if not path:
         logger.info("no train.init_checkpoint: the whole detector starts from random init")
         return None
-    state, meta = read_checkpoint(path)  # once: both branches use these tensors
-    if is_detector_state(state):
-        load_detector_weights(model, path, raw=state)
-        return None
-    report = load_state(model.backbone.net, state, meta, source=str(path))
-    missing = [f"backbone.net.{k}" for k in report.missing_pretrained]
-    logger.info("init_checkpoint %s -> model.backbone.net: %d missing keys %s, %d unexpected "
-                "keys %s, %d dropped non-encoder keys; %d relative-position tables the checkpoint "
-                "lacks start at zero (no bias: the pretrained attention, as in ViTDet)", path,
-                len(missing), missing, len(report.unexpected_keys), report.unexpected_keys,
-                len(report.dropped_keys), len(report.new_in_fine_tuning))
+    weights = read_weights(path)
+    if weights.whole_detector:
+        return load_detector_weights(model, weights)
+    report = read_weights(weights, model.backbone.net, target="model.backbone.net").load_into(
+        model.backbone.net)
+    _log(report)
     return report

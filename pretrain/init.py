@@ -3,9 +3,9 @@ pretraining from released weights on your own images: domain-adaptive pretrainin
 
 What is read (once, with ``weights_only=True``):
 
-- any file ``backbones.load_pretrained`` reads: the encoder is loaded through the same adaptation
-  and report (formats, prefixes, patch-kernel resize, missing / unexpected keys by name) and the
-  decoder keeps its fresh init;
+- any layout the one reader reads (``backbones.checkpoint_reader``, docs/checkpoints.md): the
+  encoder is loaded through the same adaptation and report (layouts, prefixes, patch-kernel
+  resize, missing / unexpected keys by name) and the decoder keeps its fresh init;
 - a full MAE checkpoint with its decoder (ours, an official ``main_pretrain.py`` training
   checkpoint, whose ``args`` is a pickled ``argparse.Namespace``, the only Python object allowed,
   or a released visualisation checkpoint): encoder and decoder are both loaded. A decoder of
@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import List
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-from mae_transfer.backbones.loading import LoadReport, load_state, without
+from mae_transfer.backbones.checkpoint_reader import CheckpointReport, Weights, read_weights
 from mae_transfer.backbones.pos_embed import infer_grid, sincos_2d
 from mae_transfer.pretrain.model import MaskedAutoencoderViT
-from mae_transfer.tools.checkpoints import DECODER_KEY, CheckpointError, read_checkpoint, strip_ddp_prefix
+from mae_transfer.tools.checkpoints import CheckpointError
 
 logger = logging.getLogger("mae_transfer.pretrain")
 
-#: The model's parts that no encoder file holds (hidden while the encoder is loaded).
+#: The model's parts that no encoder file holds (excluded while the encoder is read).
 DECODER_PARTS = ("decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred", "mask_token",
                  "decoder_pos_embed", "encoder_mask_token")
 #: Fixed sin-cos tables: recomputed for the run's grid, never copied.
@@ -42,39 +42,44 @@ SINCOS = ("pos_embed", "decoder_pos_embed")
 
 @dataclass
 class InitReport:
-    """What ``init_from_checkpoint`` loaded; ``encoder`` is the usual ``LoadReport``."""
+    """What ``init_from_checkpoint`` loaded: the reader's reports of the encoder and decoder."""
 
-    encoder: LoadReport
-    decoder_loaded: List[str] = field(default_factory=list)
+    encoder: CheckpointReport
+    decoder: Optional[CheckpointReport] = None  # None: no decoder in the file (MAE's init kept)
     file_grid: tuple | None = None
     run_grid: tuple | None = None
 
     @property
     def with_decoder(self) -> bool:
-        return bool(self.decoder_loaded)
+        return self.decoder is not None
 
 
-def _load_decoder(model: MaskedAutoencoderViT, decoder: dict, path: str) -> List[str]:
-    """Copy the file's decoder tensors into ``model`` (shapes must match); names loaded."""
-    own = model.state_dict()
-    bad = [k for k, v in decoder.items() if k in own and own[k].shape != v.shape]
-    if bad:
-        d = decoder.get("decoder_embed.weight")
-        hint = (f"; the file's decoder is {d.shape[0]}-d with "
-                f"{len({k.split('.')[1] for k in decoder if k.startswith('decoder_blocks.')})} "
-                f"blocks: pass --decoder_embed_dim {d.shape[0]} --decoder_depth ..."
-                if d is not None else "")
-        raise CheckpointError(f"{path}: the decoder does not fit this run's ({bad[0]}: "
-                              f"{tuple(decoder[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}){hint}")
-    unknown = sorted(k for k in decoder if k not in own)
-    if unknown:
-        raise CheckpointError(f"{path}: decoder keys this MAE does not have: {unknown[:5]}")
-    missing = sorted(k for k in own if DECODER_KEY.match(k) and k not in decoder
-                     and k not in SINCOS)
-    if missing:
-        raise CheckpointError(f"{path} holds part of a decoder only (missing {missing[:5]})")
-    model.load_state_dict(decoder, strict=False)
-    return sorted(decoder)
+def _decoder_hint(decoder: dict) -> str:
+    d = decoder.get("decoder_embed.weight")
+    if d is None:
+        return ""
+    depth = len({k.split(".")[1] for k in decoder if k.startswith("decoder_blocks.")})
+    return (f"; the file's decoder is {d.shape[0]}-d with {depth} blocks: pass "
+            f"--decoder_embed_dim {d.shape[0]} --decoder_depth {depth}")
+
+
+def _load_decoder(model: MaskedAutoencoderViT, weights: Weights) -> Optional[CheckpointReport]:
+    """The file's decoder, all of it and only what this MAE has, or an error (None: no decoder)."""
+    try:
+        decoder = read_weights(weights, model, part="decoder", exclude=SINCOS)
+    except CheckpointError as exc:
+        raw_decoder = read_weights(weights, part="decoder").state
+        raise CheckpointError(f"{exc}{_decoder_hint(raw_decoder)}") from exc
+    if not decoder.state:
+        return None
+    report = decoder.report
+    if report.unexpected_keys:
+        raise CheckpointError(f"{report.source}: decoder keys this MAE does not have: "
+                              f"{sorted(report.unexpected_keys)[:5]}")
+    if report.missing_keys:
+        raise CheckpointError(f"{report.source} holds part of a decoder only (missing "
+                              f"{sorted(report.missing_keys)[:5]})")
+    return decoder.load_into(model)
 
 
 def _check_sincos(model: MaskedAutoencoderViT, pos: torch.Tensor | None, path: str) -> tuple:
@@ -96,20 +101,13 @@ def _check_sincos(model: MaskedAutoencoderViT, pos: torch.Tensor | None, path: s
 
 def init_from_checkpoint(model: MaskedAutoencoderViT, path: str | os.PathLike) -> InitReport:
     """Load ``path``'s weights into a fresh ``model`` (see the module docstring)."""
-    path = str(path)
-    state, meta = read_checkpoint(path)
-    state = strip_ddp_prefix(state)
-    decoder = {k: v for k, v in state.items() if DECODER_KEY.match(k) and k not in SINCOS}
-    file_grid = _check_sincos(model, state.get("pos_embed"), path)
-    encoder_state = {k: v for k, v in state.items()
-                     if not DECODER_KEY.match(k) and k not in SINCOS}
-    with without(model, DECODER_PARTS + ("pos_embed",)):
-        report = load_state(model, encoder_state, meta, source=path)
-    loaded = _load_decoder(model, decoder, path) if decoder else []
-    result = InitReport(report, loaded, file_grid, tuple(model.pretrain_grid))
-    logger.info("--init %s: encoder %d tensors loaded (missing %s, unexpected %s); decoder %s",
-                path, len(encoder_state) - len(report.unexpected_keys),
-                report.missing_keys or "none", report.unexpected_keys or "none",
-                f"{len(loaded)} tensors loaded" if loaded
-                else "not in the file: it starts from MAE's init")
+    weights = read_weights(path)  # read once; fitted below to the encoder, then the decoder
+    file_grid = _check_sincos(model, weights.raw.get("pos_embed"), str(path))
+    encoder = read_weights(weights, model, exclude=DECODER_PARTS + SINCOS,
+                           target="the MAE's encoder")
+    encoder.load_into(model)
+    decoder = _load_decoder(model, weights)
+    result = InitReport(encoder.report, decoder, file_grid, tuple(model.pretrain_grid))
+    logger.info("--init %s; decoder %s", encoder.report.summary(),
+                decoder.summary() if decoder else "not in the file: it starts from MAE's init")
     return result

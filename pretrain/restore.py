@@ -15,8 +15,9 @@ from typing import Dict
 
 import torch
 
+from mae_transfer.backbones.checkpoint_reader import read_weights
 from mae_transfer.pretrain.model import MaskedAutoencoderViT, mae_from_config
-from mae_transfer.tools.checkpoints import CheckpointError, read_checkpoint, strip_ddp_prefix
+from mae_transfer.tools.checkpoints import CheckpointError
 
 STANDARD_HEADS = {64: 4, 192: 3, 384: 6, 512: 16, 768: 12, 1024: 16, 1280: 16}
 
@@ -52,15 +53,20 @@ def infer_config(state: Dict[str, torch.Tensor]) -> dict:
 
 
 def load_mae(path: str | os.PathLike, norm_pix_loss: bool | None = None) -> MaskedAutoencoderViT:
-    """A ``MaskedAutoencoderViT`` with the weights of ``path`` (ours or official MAE)."""
-    state, meta = read_checkpoint(path)
-    state = strip_ddp_prefix(state)
-    config = dict(meta.get("model_config") or infer_config(state))
+    """A ``MaskedAutoencoderViT`` with the weights of ``path`` (ours or official MAE).
+
+    Read once by the one reader (``part="all"``: encoder and decoder under their own names), then
+    fitted to the MAE the file describes; a file that does not fill it exactly is refused.
+    """
+    weights = read_weights(path, part="all")
+    config = dict(weights.meta.get("model_config") or infer_config(weights.state))
     if norm_pix_loss is not None:
         config["norm_pix_loss"] = norm_pix_loss
     model = mae_from_config(config)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    fitted = read_weights(weights, model, part="all", target="the MAE it describes")
+    report = fitted.report
+    if report.missing_keys or report.unexpected_keys:
         raise CheckpointError(f"{path} does not match the MAE it describes: missing "
-                              f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+                              f"{report.missing_keys[:5]}, unexpected {report.unexpected_keys[:5]}")
+    fitted.load_into(model)
     return model.eval()

@@ -8,8 +8,9 @@ that ``tools.lr_decay`` reads layer ids from. On top sits ``backbones.MultiScale
 stride 4 / 8 / 16 / 32 pyramid that UperNet expects; UPerHead and FCNHead are MMSeg's own.
 
 Pretrained weights (``pretrained=PATH`` or ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``)
-go through ``backbones.load_pretrained``, not MMEngine's loader: every format it reads works
-(official MAE with decoder keys, timm, ours, Detectron2, MMSeg, MMSeg's own ``MAE`` / ``BEiT``),
+go through the one reader (``backbones.checkpoint_reader``), not MMEngine's loader: every layout
+of docs/checkpoints.md works (official MAE with decoder keys, timm, ours, Detectron2, MMSeg, MMSeg's
+own ``MAE`` / ``BEiT``, our own ``iter_N.pth``), with ``weights_only=True``;
 ``pos_embed`` and BEiT tables are resized to the 512 px grid, missing / unexpected keys are
 logged by name in the run's log, and a file that fills too little of the ViT stops the run.
 """
@@ -23,7 +24,7 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 
-from mae_transfer.backbones.loading import LoadReport, load_pretrained, without
+from mae_transfer.backbones.checkpoint_reader import CheckpointReport, read_weights
 from mae_transfer.backbones.layers import pyramid_scales
 from mae_transfer.backbones.multiscale import MultiScaleAdapter
 from mae_transfer.backbones.vit import VisionTransformer, vit_kwargs
@@ -74,7 +75,7 @@ class MAEViT(VisionTransformer):
             the Runner turns it into BatchNorm on a single process).
         scales: the adapter's resampling factors; ``None`` (default): strides 4, 8, 16, 32 for the
             ViT's patch size (``backbones.layers.pyramid_scales``; 4, 2, 1, 0.5 for patch 16).
-        pretrained / init_cfg: weights file for the ViT, read by ``backbones.load_pretrained``.
+        pretrained / init_cfg: weights file for the ViT, read by ``backbones.checkpoint_reader``.
     """
 
     def __init__(self, arch: str = "vit_base_patch16", img_size=512,
@@ -100,30 +101,22 @@ class MAEViT(VisionTransformer):
                                          norm_layer=lambda c: build_norm_layer(norm_cfg, c)[1])
         self.pretrained = _pretrained_path(pretrained, init_cfg)
         self.is_init = False
-        self.load_report: Optional[LoadReport] = None
+        self.load_report: Optional[CheckpointReport] = None
 
     @property
     def strides(self) -> List[int]:
         """Output strides, e.g. [4, 8, 16, 32] for patch 16."""
         return self.adapter.strides(self.patch_size[0])
 
-    def load_pretrained(self, path: str) -> LoadReport:
-        """Load ViT weights from ``path`` (any format ``load_pretrained`` reads); log the result."""
-        # load_pretrained logs raw key lists; they are re-reported below, classified (new rel-pos
-        # tables and the unused final norm are expected here), into the run's log.
-        load_logger = logging.getLogger("mae_transfer.load")
-        level = load_logger.level
-        load_logger.setLevel(logging.ERROR)
-        try:
-            # A pretrained file never holds the adapter: hide it, or its weights would be listed
-            # as "missing" on every load and drown the keys that really are.
-            with without(self, ["adapter"]):
-                report = load_pretrained(self, path)
-        finally:
-            load_logger.setLevel(level)
-        print_log(f"MAEViT: loaded pretrained weights from {path} "
-                  f"(resized: {report.resized_keys or 'none'}; "
-                  f"dropped {len(report.dropped_keys)} non-encoder keys)", logger="current")
+    def load_pretrained(self, path: str) -> CheckpointReport:
+        """Load ViT weights from ``path`` (any layout of the one reader); log the report.
+
+        The adapter is excluded from the read: a pretrained file never holds it (a segmentation
+        ``iter_N.pth`` does, and its adapter is not the ViT's), and listing its weights as
+        "missing" on every load would drown the keys that really are.
+        """
+        report = read_weights(path, self, exclude=["adapter"], target="MAEViT").load_into(self)
+        print_log(f"MAEViT: loaded pretrained weights: {report.summary()}", logger="current")
         new_tables, missing = report.new_in_fine_tuning, report.missing_pretrained
         if new_tables:
             print_log(f"MAEViT: {len(new_tables)} relative-position tables / layer-scale vectors "

@@ -46,3 +46,20 @@ def image_folder(tmp_path) -> Path:
 def shapes_dataset(tmp_path_factory) -> dict:
     """Generated shapes set in COCO (``['coco']``) and ADE (``['ade']``) layouts: 16 train, 4 val."""
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=16, num_val=4, size=128)
+
+
+@pytest.fixture
+def reader_reads(monkeypatch):
+    """Counts checkpoint reads twice: through the one reader (``checkpoint_reader.read_file``)
+    and at the file level (every ``torch.load`` of a weights file); equal lists: no read
+    bypasses the reader."""
+    import mae_transfer.backbones.checkpoint_files as files_module
+    import mae_transfer.backbones.checkpoint_reader as reader_module
+
+    reads = {"reader": [], "file": []}
+    read_file, torch_load = reader_module.read_file, files_module._torch_load
+    monkeypatch.setattr(reader_module, "read_file",
+                        lambda p: reads["reader"].append(Path(p)) or read_file(p))
+    monkeypatch.setattr(files_module, "_torch_load",
+                        lambda p: reads["file"].append(Path(p)) or torch_load(p))
+    return reads

@@ -1,5 +1,6 @@
 """Reading and writing ViT checkpoints in every format the toolkit meets (reading: re-exported
-from ``backbones.checkpoint_files``).
+from ``backbones.checkpoint_files`` and ``backbones.checkpoint_reader``, the one reader; the list
+of layouts is docs/checkpoints.md).
 
 Canonical ("ours") format: a plain tensor state dict with the official MAE / timm parameter names
 (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.{i}.*``, ``norm.*``), stored as
@@ -15,7 +16,8 @@ prefix, ``{'model': ...}``), MMSeg exports of ``MAEViT`` (``backbone.`` prefix,
 the file its ``init_cfg=dict(type='Pretrained', ...)`` / ``model.pretrained`` loads, unprefixed
 keys in ``{'state_dict': ...}``).
 
-Files are read with ``weights_only=True``: a pickle that would run code is refused, never executed.
+Files are read with ``weights_only=True`` (the framework objects of our MMEngine and Detectron2
+checkpoints allow-listed): a pickle that would run code is refused, never executed.
 """
 from __future__ import annotations
 
@@ -31,11 +33,13 @@ from mae_transfer.backbones.checkpoint_files import (BACKBONE_PREFIXES, DECODER_
                                         CheckpointError, StateDict, describe_architecture,
                                         describe_layout, meta_grid, read_checkpoint,
                                         split_encoder, strip_ddp_prefix)
+from mae_transfer.backbones.checkpoint_reader import CheckpointReport, Weights, read_weights
 from mae_transfer.tools.atomic import atomic_write
 
 __all__ = ["BACKBONE_PREFIXES", "DECODER_KEY", "FORMATS", "META_KEY", "CheckpointError",
-           "StateDict", "describe_architecture", "describe_layout", "meta_grid",
-           "read_checkpoint", "split_encoder", "strip_ddp_prefix", "write_checkpoint"]
+           "CheckpointReport", "StateDict", "Weights", "describe_architecture", "describe_layout",
+           "meta_grid", "read_checkpoint", "read_weights", "split_encoder", "strip_ddp_prefix",
+           "write_checkpoint"]
 FORMATS = ("ours", "timm", "detectron2", "mmseg", "mmseg-mae")
 
 

@@ -2,7 +2,9 @@
 
     python tools/convert_checkpoint.py SRC DST --to {ours,timm,detectron2,mmseg,mmseg-mae}
 
-The source format is detected from its keys (MMSeg ``MAE`` / ``BEiT`` names included). Only encoder
+The source layout is recognised by the one reader (``backbones.checkpoint_reader``; the list is
+docs/checkpoints.md: MMSeg ``MAE`` / ``BEiT`` names, our MMEngine ``iter_N.pth`` and Detectron2
+``model_final.pth`` included). Only encoder
 tensors are written (MAE decoder keys and detector / segmentor heads are dropped and listed),
 unchanged bit for bit, under the names the target framework's model uses: Detectron2
 ``backbone.net.*`` in ``{'model': ...}``, MMSeg (our ``MAEViT``) ``backbone.*`` in
@@ -20,17 +22,26 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mae_transfer.tools.checkpoints import (FORMATS, CheckpointError, describe_architecture,  # noqa: E402
-                               read_checkpoint, split_encoder, write_checkpoint)
+                               read_weights, write_checkpoint)
+
+#: Metadata of a training framework's own checkpoint (MMEngine: the config text, message-hub
+#: bookkeeping) that describes the run, not the weights: not carried into a converted file.
+RUN_META = ("cfg", "message_hub", "experiment_name", "seed", "time", "mmengine_version")
 
 
 def convert(src: str, dst: str, to: str) -> dict:
-    """Convert ``src`` to ``dst`` in format ``to``; returns a summary dict (counts, dropped keys)."""
-    state, meta = read_checkpoint(src)
-    encoder, dropped = split_encoder(state)
+    """Convert ``src`` to ``dst`` in format ``to``; returns a summary dict (counts, dropped keys,
+    the layout the one reader recognised)."""
+    weights = read_weights(src)
+    if not any(k.startswith(("blocks.", "patch_embed.")) for k in weights.state):
+        raise CheckpointError(f"{src} holds no ViT encoder ({weights.report.layout}); "
+                              f"nothing written")
+    meta = {k: v for k, v in weights.meta.items() if k not in RUN_META}
     meta = {**meta, "converted_from": os.path.basename(src)}
-    write_checkpoint(encoder, dst, to, meta)
-    return {"tensors": len(encoder), "dropped": dropped,
-            "architecture": describe_architecture(encoder)}
+    write_checkpoint(weights.state, dst, to, meta)
+    return {"tensors": len(weights.state), "dropped": weights.report.dropped_keys,
+            "architecture": describe_architecture(weights.state),
+            "layout": weights.report.layout}
 
 
 def main(argv=None) -> int:
@@ -44,7 +55,8 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.dst} ({args.to}): {summary['tensors']} tensors, "
+    print(f"read {args.src} as {summary['layout']}; "
+          f"wrote {args.dst} ({args.to}): {summary['tensors']} tensors, "
           f"ViT with {summary['architecture']}; dropped {len(summary['dropped'])} non-encoder keys")
     return 0
 

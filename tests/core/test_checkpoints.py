@@ -65,7 +65,8 @@ def test_timm_state_dict_reports_head_as_unexpected(tmp_path, caplog):
         report = load_pretrained(target, path)
     assert report.missing_keys == []
     assert sorted(report.unexpected_keys) == ["head.bias", "head.weight"]
-    assert "unexpected keys (ignored): head.weight, head.bias" in caplog.text
+    assert "(timm ViT (head.*)) -> model: 54 tensors loaded; 0 missing keys []" in caplog.text
+    assert "2 unexpected keys ['head.weight', 'head.bias']" in caplog.text
     _assert_same(target, {k: v for k, v in ref.state_dict().items() if not k.startswith("head")})
 
 

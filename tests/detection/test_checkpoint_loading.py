@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from detectron2.config import LazyConfig, instantiate
 
 from mae_transfer.backbones import build_vit, load_pretrained
+from mae_transfer.pretrain.model import build_mae
 from mae_transfer.detection.checkpointing import AtomicCheckpointer, load_init_checkpoint
 from mae_transfer.tools.checkpoints import CheckpointError, write_checkpoint
 
@@ -80,7 +81,10 @@ def test_whole_detector_checkpoint_loads_into_every_module(tmp_path):
     assert saved["iteration"] == 9
     torch.manual_seed(4)
     fresh = detector()
-    assert load_init_checkpoint(fresh, str(tmp_path / "model_final.pth")) is None
+    report = load_init_checkpoint(fresh, str(tmp_path / "model_final.pth"))
+    assert report.layout == "Detectron2 detector" and report.part == "all"
+    assert report.missing_keys == report.unexpected_keys == []
+    assert report.tensors == len(saved["model"])
     for key, value in trained.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
 
@@ -141,28 +145,76 @@ def test_init_checkpoint_with_beit_tables_is_refused_by_the_decomposed_detector(
 
 
 @pytest.mark.parametrize("whole_detector", [False, True])
-def test_init_checkpoint_reads_the_file_once(tmp_path, monkeypatch, whole_detector):
-    """A ViT-H file is 2.5 GB (a detector's more): one read, whatever the file holds."""
-    import mae_transfer.detection.checkpointing as ckpt_module
-
+def test_init_checkpoint_reads_the_file_once_through_the_one_reader(tmp_path, reader_reads, caplog,
+                                                                   whole_detector):
+    """A ViT-H file is 2.5 GB (a detector's more): one read, whatever the file holds; the log has
+    the reader's summary line, as every caller's."""
     if whole_detector:
         torch.manual_seed(3)
         source = detector()
         path = tmp_path / "model_final.pth"
         torch.save({"model": source.state_dict()}, path)
-    else:
-        path = write_checkpoint(pretrained_encoder(seed=3), tmp_path / "enc.pth", "ours")
-    reads = []
-    real = ckpt_module.read_checkpoint
-    monkeypatch.setattr(ckpt_module, "read_checkpoint",
-                        lambda p: reads.append(p) or real(p))
-    import mae_transfer.backbones.loading as loading_module
-    monkeypatch.setattr(loading_module, "read_checkpoint",
-                        lambda p: reads.append(p) or real(p))
+    else:  # an MAE training checkpoint, decoder included
+        torch.manual_seed(3)
+        path = tmp_path / "checkpoint-9.pth"
+        mae = build_mae("mae_vit_mini_patch16", img_size=64).state_dict()
+        torch.save({"model": mae, "epoch": 9}, path)
     model = detector()
-    load_init_checkpoint(model, str(path))
-    assert len(reads) == 1
-    key = "backbone.net.blocks.0.attn.qkv.weight"
-    expected = (source.state_dict()[key] if whole_detector
-                else pretrained_encoder(seed=3)["blocks.0.attn.qkv.weight"])
-    assert torch.equal(model.state_dict()[key], expected)
+    with caplog.at_level(logging.INFO, logger="mae_transfer"):
+        report = load_init_checkpoint(model, str(path))
+    assert reader_reads["reader"] == reader_reads["file"] == [path]
+    assert report.summary() in caplog.text and report.missing_pretrained == []
+    assert report.layout == ("Detectron2 detector" if whole_detector
+                             else "MAE with decoder (decoder_*, mask_token)")
+    key = "blocks.0.attn.qkv.weight"
+    expected = source.state_dict()[f"backbone.net.{key}"] if whole_detector else mae[key]
+    assert torch.equal(model.state_dict()[f"backbone.net.{key}"], expected)
+
+
+def _trainer_checkpoint(model, out_dir):
+    """``model_final.pth`` as a run writes it: model, trainer (optimizer, LR hook), iteration."""
+    from detectron2.engine import SimpleTrainer, hooks
+    from detectron2.solver import LRMultiplier
+    from fvcore.common.param_scheduler import CosineParamScheduler
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # optimizer state (exp_avg, step) as after a real iteration
+    trainer = SimpleTrainer(model, [], optimizer)
+    trainer.register_hooks([hooks.LRScheduler(
+        optimizer=optimizer, scheduler=LRMultiplier(optimizer, CosineParamScheduler(1, 0), 10))])
+    trainer.iter = 9
+    AtomicCheckpointer(model, str(out_dir), trainer=trainer).save("model_final", iteration=9)
+    return out_dir / "model_final.pth"
+
+
+def test_a_runs_model_final_is_read_by_init_checkpoint_the_converter_and_segmentation(tmp_path):
+    from mae_transfer.backbones.checkpoint_reader import read_weights
+    from mae_transfer.tools.convert_checkpoint import convert
+
+    torch.manual_seed(6)
+    trained = detector()
+    path = _trainer_checkpoint(trained, tmp_path)
+    saved = torch.load(path, weights_only=True)
+    assert {"model", "trainer", "iteration"} <= set(saved) and saved["trainer"]["hooks"]
+    assert read_weights(path).report.layout == "Detectron2 detector"
+    torch.manual_seed(7)
+    fresh = detector()
+    report = load_init_checkpoint(fresh, str(path))
+    assert report.part == "all" and report.missing_keys == report.unexpected_keys == []
+    for key, value in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    # its ViT, converted or read straight into a segmentation backbone
+    net = {k: v for k, v in trained.backbone.net.state_dict().items()}
+    summary = convert(str(path), str(tmp_path / "vit.safetensors"), "ours")
+    assert summary["tensors"] == len(net) and summary["layout"] == "Detectron2 detector"
+    from mae_transfer.segmentation.backbone import MAEViT
+
+    seg = MAEViT(arch="vit_mini_patch16", img_size=64, norm_cfg=dict(type="BN"))
+    seg_report = seg.load_pretrained(str(path))
+    # ViTDet's ViT has no cls token: its pos_embed gets a zero cls slot, cls_token stays at init
+    assert seg_report.missing_pretrained == ["cls_token"] and seg_report.unexpected_keys == []
+    assert seg_report.resized_keys[0] == "pos_embed"  # then the rel-pos tables of its windows
+    for key in ("blocks.2.attn.qkv.weight", "patch_embed.proj.weight"):
+        assert torch.equal(seg.state_dict()[key], net[key])

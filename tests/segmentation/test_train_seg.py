@@ -69,6 +69,23 @@ def test_pretrained_weights_are_the_starting_point(trained, mae_checkpoint):
 
 
 @pytest.mark.slow
+def test_the_runs_iter_checkpoint_is_read_as_pretrained_weights(repo_root, trained, tmp_path):
+    """Our own iter_N.pth (MMEngine objects inside) through the one reader, weights_only=True."""
+    from mae_transfer.backbones.checkpoint_reader import read_weights
+
+    work, _ = trained
+    state = torch.load(work / "iter_20.pth", map_location="cpu", weights_only=False)["state_dict"]
+    weights = read_weights(work / "iter_20.pth")
+    assert weights.report.layout == "MMEngine checkpoint: MMSeg MAEViT (backbone.*)"
+    assert weights.meta["dataset_meta"]["classes"] == ("disc", "square", "triangle")
+    assert torch.equal(weights.state["blocks.0.attn.qkv.weight"],
+                       state["backbone.blocks.0.attn.qkv.weight"])
+    proc = run(repo_root, "convert_checkpoint.py", work / "iter_20.pth",
+               tmp_path / "vit.safetensors")
+    assert proc.returncode == 0 and "MMEngine checkpoint" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_resume_continues_from_the_last_iteration(repo_root, trained, ade_root, tmp_path):
     work, _ = trained
     # On resume every weight comes from the run's checkpoint: the pretraining file is not read.
