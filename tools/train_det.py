@@ -30,12 +30,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mae_transfer.detection.compat  # noqa: E402,F401  (before any detectron2 import)
-from detectron2.config import LazyConfig  # noqa: E402
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
 from mae_transfer.detection.cli import add_dataset_arguments, run_reporting_input_errors  # noqa: E402
 from mae_transfer.detection.training import main as run_process  # noqa: E402
 from mae_transfer.tools.run_dir import OutputDirError, claim_output_dir  # noqa: E402
+from detectron2.config import LazyConfig  # noqa: E402
 
 #: What marks ``train.output_dir`` as holding a run: a new run there needs --resume or --overwrite.
 RUN_FILES = ("last_checkpoint", "model_*.pth", "metrics.json")
