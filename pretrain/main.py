@@ -47,7 +47,8 @@ from mae_transfer.pretrain.schedule import effective_lr, lr_at
 from mae_transfer.pretrain.visualize import reconstruction_rows, save_png
 from mae_transfer.tools.checkpoints import CheckpointError, write_checkpoint
 from mae_transfer.tools.lr_decay import param_groups
-from mae_transfer.tools.run_dir import OutputDirClaim, OutputDirError, claim_output_dir, writing_into
+from mae_transfer.tools.run_dir import (OutputDirClaim, OutputDirError, claim_output_dir,
+                                        writing_into)
 
 logger = logging.getLogger("mae_transfer.pretrain")
 

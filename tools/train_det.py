@@ -18,8 +18,9 @@ Outputs in ``train.output_dir``: log.txt, config.yaml, metrics.json, TensorBoard
 ``model_*.pth`` + ``last_checkpoint`` (for ``--resume``), ``coco_eval.json`` (latest AP numbers) and
 ``inference/`` (per-evaluation JSON, COCO-format predictions). A folder that holds another run
 (``last_checkpoint``, ``model_*.pth``, ``metrics.json``) is refused unless ``--resume`` continues
-it or ``--overwrite`` replaces it; one in use by a running training is refused. Bad input (a missing file, a broken
-annotation, a checkpoint that does not fit) ends with one ``error:`` line and exit status 2.
+it or ``--overwrite`` replaces it; one in use by a running training is refused. Bad input (a
+missing file, a broken annotation, a checkpoint that does not fit) ends with one ``error:`` line
+and exit status 2.
 """
 from __future__ import annotations
 
