@@ -30,6 +30,9 @@ logger = logging.getLogger("mae_transfer.run_dir")
 
 #: The lock file a running run holds in its output folder (never a run result itself).
 LOCK_NAME = ".run.lock"
+#: flock errors of filesystems without locks (Lustre mounted without ``flock``, some FUSE ones):
+#: the run goes ahead with a warning rather than not at all.
+NO_LOCKING = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 class OutputDirError(ValueError):
@@ -62,8 +65,10 @@ class OutputDirClaim:
         self.folder, self._fd = folder, fd
 
     def release(self) -> None:
+        """Unlock now (a forked child may still hold the file open) and close."""
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # a filesystem without locks (NO_LOCKING)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 
@@ -92,6 +97,11 @@ def _lock(folder: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
+        if exc.errno in NO_LOCKING:
+            logger.warning("output folder %s: this filesystem has no file locks (%s): a second "
+                           "run writing into it at the same time would not be noticed", folder,
+                           os_cause(exc))
+            return fd
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         if exc.errno in (errno.EAGAIN, errno.EACCES):

@@ -81,3 +81,18 @@ def test_a_full_disk_says_so(tmp_path):
                                              f"{tmp_path}: Permission denied"):
         with writing_into(tmp_path):
             raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "x"))
+
+
+def test_a_filesystem_without_locks_warns_and_goes_ahead(tmp_path, monkeypatch, caplog):
+    """Lustre without the flock mount option answers ENOLCK: refusing every run there would be
+    worse than not noticing a second one."""
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with claim_output_dir(tmp_path, resume=False, overwrite=False, run_files=RUN_FILES):
+        pass
+    assert f"output folder {tmp_path}: this filesystem has no file locks (No locks available)" \
+        in caplog.text
