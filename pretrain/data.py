@@ -290,15 +290,18 @@ def worker_init(parent_pid: int, worker_id: int) -> None:
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent (thread) dies; exit now if the parent
-    ``parent_pid`` is already gone. Elsewhere a no-op: PyTorch's worker loop still ends a worker
-    whose parent died, once it is idle."""
+    """Ask Linux to SIGKILL this process when its parent (thread) dies, where that parent is the
+    main process ``parent_pid`` (forked workers). Workers started by a fork server (Python 3.14's
+    default) or on another OS are left as they are: PyTorch's worker loop still ends a worker
+    whose main process died, once it is idle."""
+    if os.getppid() != parent_pid:
+        return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # no libc prctl: not Linux
         return
-    if os.getppid() != parent_pid:
+    if os.getppid() != parent_pid:  # the parent died just before the request took effect
         os._exit(1)
 
 

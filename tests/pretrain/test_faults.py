@@ -1,6 +1,8 @@
 """Pretraining faults (#20): errors and signals end every process; the output folder is claimed,
 never silently taken over, and its faults are one line. CPU, the mini ViT at 64 px, seconds each."""
+import ctypes
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import time
 import pytest
 import torch
 
+from mae_transfer.pretrain.data import STOP_SIGNALS, worker_init
 from mae_transfer.pretrain.main import main
 from mae_transfer.tools.run_dir import claim_output_dir
 from mae_transfer.tools.synthetic_data import write_synthetic_images
@@ -60,6 +63,7 @@ def finish(proc, timeout):
 INJECT = """
 import os, sys
 import mae_transfer.pretrain.engine as engine
+from mae_transfer.pretrain.data import STOP_SIGNALS, worker_init
 from mae_transfer.pretrain.main import main
 real, calls = engine.normalize_batch, []
 def failing(*a, **k):
@@ -154,3 +158,32 @@ def test_a_full_disk_is_one_line_naming_the_folder(images, tmp_path, capsys, mon
     assert capsys.readouterr().err == (f"error: cannot write into output folder {tmp_path}: "
                                        f"No space left on device\n")
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+PR_GET_PDEATHSIG = 2
+
+
+def _worker_state(parent_pid):
+    """Run ``worker_init`` in a forked child; what it left: (death signal, stop-signal handlers)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, whatever happens
+        try:
+            worker_init(parent_pid(), 0)
+            sig = ctypes.c_int(-1)
+            ctypes.CDLL(None).prctl(PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0)
+            ignored = [signal.getsignal(s) == signal.SIG_IGN for s in STOP_SIGNALS]
+            os.write(write, json.dumps([sig.value, ignored]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        return json.loads(f.read())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_forked_workers_ignore_stop_signals_and_die_with_the_main_process():
+    assert _worker_state(os.getppid) == [signal.SIGKILL, [True, True, True]]
+    # a worker whose parent is not the main process (a fork server's child) is left alone
+    assert _worker_state(lambda: 1) == [0, [True, True, True]]
