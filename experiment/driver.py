@@ -308,8 +308,7 @@ def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
     for seed in seeds:
         for init in INITS:
             det_out = run.out / "det" / f"{init}-s{seed}"
-            # --overwrite: a fine-tune stage killed part-way runs again from the start
-            det_cmd = [py, "tools/train_det.py", "--config", DET_CONFIG, "--overwrite",
+            det_cmd = [py, "tools/train_det.py", "--config", DET_CONFIG,
                        "--dataset", f"paste={coco}", f"train.output_dir={det_out}",
                        f"train.max_iter={n_det}", f"train.eval_period={n_det}",
                        f"train.checkpointer.period={n_det}", f"train.seed={seed}",
@@ -318,8 +317,7 @@ def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
             jobs.append((f"det-{init}-s{seed}", det_cmd))
             seg_out = run.out / "seg" / f"{init}-s{seed}"
             seg_cmd = [py, "tools/train_seg.py", SEG_CONFIG, "--data-root", ade,
-                       "--work-dir", seg_out, "--overwrite",
-                       "--cfg-options", f"train_cfg.max_iters={n_seg}",
+                       "--work-dir", seg_out, "--cfg-options", f"train_cfg.max_iters={n_seg}",
                        f"train_cfg.val_interval={n_seg}", f"default_hooks.checkpoint.interval={n_seg}",
                        f"param_scheduler.0.end={max(1, n_seg // 25)}",
                        f"param_scheduler.1.begin={max(1, n_seg // 25)}",
