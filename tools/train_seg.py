@@ -1,15 +1,17 @@
 """Train (or evaluate) UperNet on the shared ViT with MMSegmentation.
 
     python tools/train_seg.py CONFIG [--work-dir DIR] [--data-root ROOT] [--pretrained CKPT]
-                              [--resume [CKPT]] [--cfg-options k=v ...] [--compile]
+                              [--resume [CKPT] | --overwrite] [--cfg-options k=v ...] [--compile]
     python tools/train_seg.py CONFIG --eval-only --checkpoint CKPT [--out results.json]
     torchrun --nproc_per_node 8 tools/train_seg.py CONFIG --launcher pytorch ...
 
+Training claims the work dir (``tools/run_dir.py``): one that holds another run
+(``last_checkpoint``, ``iter_*.pth``, ``epoch_*.pth``) is refused unless ``--resume`` continues it
+or ``--overwrite`` replaces it; one in use by a running training is refused.
+
 Configs live in segmentation/configs/ (ViT-B / ViT-L on ADE20K, a tiny CPU one). Validation runs
 during training (IoUMetric: mIoU and the per-class table) and each result is written as JSON under
-<work-dir>/val_results/; --eval-only writes <work-dir>/test_results.json. A work dir that holds
-another run (last_checkpoint, iter_*.pth, epoch_*.pth) is refused unless --resume continues it or
---overwrite replaces it; one in use by a running training is refused. Errors about the inputs
+<work-dir>/val_results/; --eval-only writes <work-dir>/test_results.json. Errors about the inputs
 (missing files, bad layout, bad checkpoint) are one line on stderr with exit status 2.
 """
 from __future__ import annotations
@@ -24,8 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mae_transfer.segmentation import compat  # noqa: E402,F401  (before any mmseg / mmcv import)
 import mae_transfer.segmentation  # noqa: E402,F401  (registers MAEViT, the dataset, metric, hook, constructor)
 from mae_transfer.segmentation import entry  # noqa: E402
-from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
 from mae_transfer.tools.run_dir import claim_output_dir  # noqa: E402
+from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
+
 
 #: What marks a work dir as holding a run: a new run there needs --resume or --overwrite.
 RUN_FILES = ("last_checkpoint", "iter_*.pth", "epoch_*.pth")
