@@ -188,11 +188,12 @@ def entry_runs(args, s, res: Path, photos: Path) -> List[Run]:
                     str(s["entry_batch"]), "--epochs", "1", "--steps_per_epoch", str(steps),
                     "--warmup_epochs", "0", "--log_every", "1", "--vis_every", "1",
                     "--vis_images", "2", "--num_workers", str(s["workers"]), "--compile",
-                    "--output_dir", str(pre)]
+                    "--output_dir", str(pre), "--overwrite"]
     if cpu:
         pretrain_cmd += ["--device", "cpu", "--amp"]
     iters = s["entry_iters"]
-    det_cmd = [py, "tools/train_det.py", "--config", "detection/configs/mask_rcnn_vit_mini_cpu.py",
+    det_cmd = [py, "tools/train_det.py", "--overwrite",
+               "--config", "detection/configs/mask_rcnn_vit_mini_cpu.py",
                "--dataset", f"custom={shapes / 'coco'}", f"train.output_dir={det}",
                f"train.device={'cpu' if cpu else 'cuda'}", "train.amp.enabled=True",
                f"train.max_iter={iters}", f"train.eval_period={iters}",
@@ -202,6 +203,7 @@ def entry_runs(args, s, res: Path, photos: Path) -> List[Run]:
     seg_cmd = [py, "tools/train_seg.py",
                "segmentation/configs/upernet_vit-mini_1xb4-40it_shapes-64x64.py",
                "--data-root", str(shapes / "ade" / "ADEChallengeData2016"), "--work-dir", str(seg),
+               "--overwrite",
                "--cfg-options", f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
                f"default_hooks.checkpoint.interval={iters}", "default_hooks.logger.interval=1"]
     return [Run("entry", "pretrain_sh_compile", pretrain_cmd, 300, check=ENTRY_CHECKS["pretrain"],

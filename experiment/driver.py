@@ -362,12 +362,13 @@ def finetune_jobs(run: Run, py: str, cfg: dict, seeds: List[int], encoder: Path,
             checkpoint = encoder if init == "mae" else None
             det_out = run.out / "det" / f"{init}-s{seed}"
             jobs.append((f"det-{init}-s{seed}", [
-                py, "tools/train_det.py", "--config", DET_CONFIG, "--dataset", f"paste={coco}",
+                py, "tools/train_det.py", "--config", DET_CONFIG, "--overwrite",
+                "--dataset", f"paste={coco}",
                 *render_overrides(det_settings(cfg, seed, det_out, num_classes, checkpoint))]))
             pretrained = ["--pretrained", checkpoint] if checkpoint else []
             jobs.append((f"seg-{init}-s{seed}", [
                 py, "tools/train_seg.py", SEG_CONFIG, "--data-root", ade, *pretrained,
-                "--work-dir", run.out / "seg" / f"{init}-s{seed}",
+                "--work-dir", run.out / "seg" / f"{init}-s{seed}", "--overwrite",
                 "--cfg-options", *render_overrides(seg_settings(cfg, seed))]))
     return jobs
 

@@ -20,7 +20,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.tools.atomic import atomic_torch_save
 from mae_transfer.tools.checkpoints import CheckpointError
 
 _PLAIN = (str, int, float, bool, type(None))
@@ -72,7 +72,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_torch_save(obj, path)
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict:

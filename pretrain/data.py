@@ -22,6 +22,7 @@ Design choices, each for a reason:
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import math
@@ -267,15 +268,66 @@ class ResumableSampler(Sampler):
         return (self.steps_per_epoch - self.start_step) * self.batch_size
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGTERM/SIGUSR1.
+#: What a scheduler (SIGTERM, SIGUSR1) or a terminal's Ctrl-C (SIGINT) sends to every process of a
+#: job: the main process handles them (saves, stops); data workers leave them to it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+#: ``prctl`` option: the signal the kernel sends this process when its parent dies.
+PR_SET_PDEATHSIG = 1
 
-    Cluster schedulers signal every process of a job; a worker killed by it would crash the
-    main process at its next batch, before it could save. The main process handles the signal
-    (saves, stops) and then shuts its workers down itself.
+
+def worker_init(parent_pid: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` (``functools.partial(worker_init, os.getpid())``): workers
+    ignore ``STOP_SIGNALS`` and die with the main process.
+
+    A worker killed by a scheduler's signal would crash the main process at its next batch,
+    before it could save; so workers ignore it, and the main process ends them: ``stop_workers``
+    when training ends, on success, error or signal alike. Should the main process itself die
+    without that (SIGKILL, a crash in C), the kernel kills its workers (``die_with_parent``), so
+    no worker outlives the run holding its memory and GPUs' host buffers.
     """
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent (thread) dies, where that parent is the
+    main process ``parent_pid`` (forked workers). Workers started by a fork server (Python 3.14's
+    default) or on another OS are left as they are: PyTorch's worker loop still ends a worker
+    whose main process died, once it is idle."""
+    if os.getppid() != parent_pid:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no libc prctl: not Linux
+        return
+    if os.getppid() != parent_pid:  # the parent died just before the request took effect
+        os._exit(1)
+
+
+def stop_workers(loader, timeout: float = 5.0) -> None:
+    """End the worker processes of ``loader`` (a DataLoader, or a wrapper with a ``.loader``)
+    now: PyTorch's own shutdown (the workers finish their current item and exit; it waits a few
+    seconds for each), then SIGKILL for any still alive.
+
+    Persistent workers otherwise live as long as the loader's iterator; after an error, the
+    traceback keeps that alive past the end of ``main``, and Python's exit then waits forever on
+    workers that ignore the SIGTERM multiprocessing sends them.
+    """
+    inner = getattr(loader, "loader", loader)
+    iterator = getattr(inner, "_iterator", None)
+    if iterator is None:
+        return
+    workers = list(getattr(iterator, "_workers", []))
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+            w.join(timeout)
+    inner._iterator = None
 
 
 def normalize_batch(batch: torch.Tensor, device: torch.device,

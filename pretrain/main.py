@@ -9,11 +9,15 @@ Writes into ``--output_dir``: ``checkpoint-last.pth`` (after every epoch and whe
 ``checkpoint-NNNN.pth`` (after every ``--save_every`` epochs and the last; NNNN = epochs done),
 ``encoder.safetensors`` (the encoder in the canonical format, at the end), ``log.txt`` (a JSON
 line per epoch), ``train.log``, ``vis/epoch-NNNN.png`` and TensorBoard events (``--log_dir``).
-Exit status: 0 done, 1 non-finite loss (last good checkpoint kept), 2 bad input.
+Exit status: 0 done (or stopped by SIGTERM / SIGUSR1 / Ctrl-C, position saved), 1 non-finite loss
+(last good checkpoint kept), 2 bad input or an unusable output folder (one ``error:`` line: in use,
+holding another run without ``--resume`` / ``--overwrite``, unwritable, full), 130 a second Ctrl-C
+(stopped without saving).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -29,10 +33,11 @@ import torch
 
 from mae_transfer.pretrain.checkpoint import (atomic_save, load_training_checkpoint, plain, rng_state,
                                  set_rng_state)
-from mae_transfer.pretrain.data import (DatasetError, ResumableSampler, ignore_stop_signals,
-                           normalize_batch)
+from mae_transfer.pretrain.data import (STOP_SIGNALS, DatasetError, ResumableSampler,
+                                       normalize_batch, stop_workers, worker_init)
 from mae_transfer.pretrain.device_decode import dataset_class, make_loader
-from mae_transfer.pretrain.distributed import DistInfo, barrier, cleanup, init_distributed
+from mae_transfer.pretrain.distributed import (DistInfo, all_reduce_sum, barrier, cleanup,
+                                              init_distributed)
 from mae_transfer.pretrain.engine import NonFiniteLoss, Progress, StepConfig, train_one_epoch
 from mae_transfer.pretrain.init import init_from_checkpoint
 from mae_transfer.pretrain.logs import MetricWriter, setup_logging, teardown_logging
@@ -42,11 +47,15 @@ from mae_transfer.pretrain.schedule import effective_lr, lr_at
 from mae_transfer.pretrain.visualize import reconstruction_rows, save_png
 from mae_transfer.tools.checkpoints import CheckpointError, write_checkpoint
 from mae_transfer.tools.lr_decay import param_groups
+from mae_transfer.tools.run_dir import (OutputDirClaim, OutputDirError, claim_output_dir,
+                                        writing_into)
 
 logger = logging.getLogger("mae_transfer.pretrain")
 
 LAST = "checkpoint-last.pth"
 ENCODER = "encoder.safetensors"
+#: What marks an output folder as holding a run: a new run there needs --resume or --overwrite.
+RUN_FILES = ("checkpoint-*.pth", ENCODER, "log.txt")
 #: Model settings that change parameter shapes: a resumed checkpoint must agree on these.
 SHAPE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
               "in_chans", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
@@ -76,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--min_lr", type=float, default=0.0)
     a("--weight_decay", type=float, default=0.05)
     a("--clip_grad", type=float, default=None, help="max gradient norm (off by default, as MAE)")
-    a("--output_dir", default="./output_dir")
+    a("--output_dir", default="./output_dir",
+      help="a folder holding another run (checkpoints, encoder, log.txt) is refused without "
+           "--resume or --overwrite; a folder in use by a running run is refused")
+    a("--overwrite", action="store_true",
+      help="start a new run in an --output_dir that holds another one (its checkpoints, "
+           "encoder and log.txt are removed first)")
     a("--log_dir", default=None, help="TensorBoard folder (default: --output_dir)")
     a("--resume", default="", help="training checkpoint to continue, or 'auto' "
                                    "(OUTPUT_DIR/checkpoint-last.pth when it exists)")
@@ -140,9 +154,10 @@ def build_optimizer(model: MaskedAutoencoderViT, args, device: torch.device):
 
 
 class StopFlag:
-    """Set by SIGTERM / SIGUSR1 (cluster pre-emption): the run saves and stops at the next check."""
+    """Set by SIGTERM / SIGUSR1 (cluster pre-emption) or SIGINT (Ctrl-C): the run saves its
+    position and stops at the next check. A second Ctrl-C stops at once, without saving."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         self.requested = False
@@ -158,9 +173,13 @@ class StopFlag:
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
         self.requested = True
-        logger.warning("received signal %d: saving a checkpoint and stopping at the next check",
-                       signum)
+        logger.warning("received %s: saving a checkpoint and stopping at the next check%s",
+                       signal.Signals(signum).name,
+                       " (Ctrl-C again: stop now, without saving)"
+                       if signum == signal.SIGINT else "")
 
     def __call__(self) -> bool:
         return self.requested
@@ -229,7 +248,8 @@ class Run:
         if self.dist.is_main:
             state = self.state()
             for name in names:
-                path = atomic_save(state, self.out / name)
+                with writing_into(self.out):
+                    path = atomic_save(state, self.out / name)
                 logger.info("saved %s (epoch %d, step %d of it)", path, self.progress.epoch,
                             self.progress.step_in_epoch)
         barrier()
@@ -278,7 +298,9 @@ class Run:
                 "epochs_done": self.progress.epoch, "global_step": self.progress.global_step,
                 "mask_ratio": self.args.mask_ratio, "norm_pix_loss": self.args.norm_pix_loss,
                 "init_checkpoint": self.init_checkpoint}
-        path = write_checkpoint(self.model.encoder_state_dict(), self.out / ENCODER, "ours", meta)
+        with writing_into(self.out):
+            path = write_checkpoint(self.model.encoder_state_dict(), self.out / ENCODER, "ours",
+                                    meta)
         logger.info("exported the encoder to %s", path)
         return path
 
@@ -290,7 +312,8 @@ class Run:
                            num_workers=workers, pin_memory=cuda, drop_last=False,
                            persistent_workers=workers > 0,
                            prefetch_factor=4 if workers > 0 else None,
-                           worker_init_fn=ignore_stop_signals if workers > 0 else None)
+                           worker_init_fn=(functools.partial(worker_init, os.getpid())
+                                           if workers > 0 else None))
 
     def visualize(self, writer: MetricWriter) -> None:
         a = self.args
@@ -306,7 +329,8 @@ class Run:
         with torch.autocast(self.dist.device.type, dtype=self.amp_dtype,
                             enabled=self.amp_dtype is not None):
             picture = reconstruction_rows(self.model, imgs, noise, a.mask_ratio)
-        path = save_png(picture, self.out / "vis" / f"epoch-{done:04d}.png")
+        with writing_into(self.out):
+            path = save_png(picture, self.out / "vis" / f"epoch-{done:04d}.png")
         writer.image("reconstruction", picture, done)
         logger.info("wrote %s (original | masked | reconstruction | + visible)", path)
 
@@ -338,8 +362,9 @@ class Run:
                     len(self.dataset), self.steps_per_epoch,
                     a.batch_size * a.accum_iter * d.world_size, a.lr, d.device,
                     self.amp_dtype or "off", d.world_size)
-        loader = self.loader()  # one loader for the run: its workers persist across epochs
+        loader = None
         try:
+            loader = self.loader()  # one loader for the run: its workers persist across epochs
             while self.progress.epoch < a.epochs:
                 if a.max_steps is not None and self.progress.global_step >= a.max_steps:
                     break
@@ -351,10 +376,12 @@ class Run:
                 if self.progress.step_in_epoch >= self.steps_per_epoch:
                     self.progress.epoch += 1
                     self.progress.step_in_epoch = 0
-                    writer.epoch_record({"epoch": self.progress.epoch, "train_loss": result.loss,
-                                         "lr": result.lr, "images_per_s": result.images_per_s,
-                                         "global_step": self.progress.global_step,
-                                         "epoch_time_s": time.perf_counter() - t0})
+                    record = {"epoch": self.progress.epoch, "train_loss": result.loss,
+                              "lr": result.lr, "images_per_s": result.images_per_s,
+                              "global_step": self.progress.global_step,
+                              "epoch_time_s": time.perf_counter() - t0}
+                    with writing_into(self.out):
+                        writer.epoch_record(record)
                     writer.scalars({"epoch/loss": result.loss}, self.progress.epoch)
                     names = [LAST]
                     done = self.progress.epoch
@@ -371,6 +398,8 @@ class Run:
                 self.save([LAST])
             self.export_encoder()
         finally:
+            if loader is not None:
+                stop_workers(loader)  # on success, error and signal alike: no worker outlives us
             writer.close()
             stop_flag.uninstall()
         return 0
@@ -391,12 +420,32 @@ def resume_path(args) -> Optional[Path]:
     return Path(args.resume)
 
 
+def claim_output(args, dist_info: DistInfo) -> Optional[OutputDirClaim]:
+    """Rank 0 claims ``--output_dir`` (``tools.run_dir``: usable, not another run's, not in use);
+    every rank learns whether it could, so that a refusal ends all of them."""
+    claim, refusal = None, None
+    if dist_info.is_main:
+        try:
+            claim = claim_output_dir(args.output_dir, resume=bool(args.resume),
+                                     overwrite=args.overwrite, run_files=RUN_FILES)
+        except OutputDirError as exc:
+            refusal = exc
+    refused = all_reduce_sum([float(refusal is not None)], dist_info.device)[0]
+    if refusal is not None:
+        raise refusal
+    if refused:
+        raise OutputDirError(f"rank 0 refused output folder {args.output_dir} (see its error)")
+    return claim
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     dist_info: Optional[DistInfo] = None
+    claim: Optional[OutputDirClaim] = None
     try:
         validate(args)
         dist_info = init_distributed(args.device)
+        claim = claim_output(args, dist_info)
         setup_logging(Path(args.output_dir) if dist_info.is_main else None, dist_info.rank)
         if dist_info.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -423,10 +472,16 @@ def main(argv=None) -> int:
             "stopping: %s; %s (lower --blr, use bf16 rather than fp16, or check the data)",
             exc, kept)
         return 1
-    except (DatasetError, CheckpointError, ValueError) as exc:
+    except (DatasetError, CheckpointError, ValueError) as exc:  # OutputDirError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: stopped without saving; {LAST} in {args.output_dir} holds the last "
+              f"saved position", file=sys.stderr)
+        return 130
     finally:
+        if claim is not None:
+            claim.release()
         if dist_info is not None:
             cleanup()
             teardown_logging()

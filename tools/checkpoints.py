@@ -34,7 +34,7 @@ from mae_transfer.backbones.checkpoint_files import (BACKBONE_PREFIXES, DECODER_
                                         describe_layout, meta_grid, read_checkpoint,
                                         split_encoder, strip_ddp_prefix)
 from mae_transfer.backbones.checkpoint_reader import CheckpointReport, Weights, read_weights
-from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.tools.atomic import atomic_torch_save, atomic_write
 
 __all__ = ["BACKBONE_PREFIXES", "DECODER_KEY", "FORMATS", "META_KEY", "CheckpointError",
            "CheckpointReport", "StateDict", "Weights", "describe_architecture", "describe_layout",
@@ -53,11 +53,13 @@ def write_checkpoint(state: StateDict, path: str | os.PathLike, fmt: str = "ours
     if path.suffix == ".safetensors":
         if fmt in ("detectron2", "mmseg", "mmseg-mae"):
             raise ValueError(f"{fmt} loads .pth files; give the output a .pth name")
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
+        # Bytes written by Python: a full disk is an OSError(ENOSPC), and the file gets the
+        # umask's mode (safetensors' save_file makes it 0600).
         tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
-                                                        metadata={META_KEY: json.dumps(meta)}))
+        data = save(tensors, metadata={META_KEY: json.dumps(meta)})
+        return atomic_write(path, lambda tmp: tmp.write_bytes(data))
     if fmt == "ours":
         obj = {"model": dict(state), "meta": meta}
     elif fmt == "timm":
@@ -68,5 +70,5 @@ def write_checkpoint(state: StateDict, path: str | os.PathLike, fmt: str = "ours
         obj = {"state_dict": {f"backbone.{k}": v for k, v in state.items()}, "meta": meta}
     else:  # mmseg-mae: what MMSeg's MAE backbone loads itself (its init_cfg reads unprefixed keys)
         obj = {"state_dict": to_mmseg_beit(state, meta_grid(meta)), "meta": meta}
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_torch_save(obj, path)
 

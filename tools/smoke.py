@@ -87,14 +87,15 @@ def main(argv=None) -> int:
                                "--model", "mae_vit_mini_patch16", "--input_size", "64",
                                "--batch_size", "8", "--epochs", "2", "--steps_per_epoch", "4",
                                "--warmup_epochs", "1", "--device", "cpu", "--num_workers", "2",
-                               "--log_every", "2", "--vis_every", "2", "--output_dir", mae_out],
+                               "--log_every", "2", "--vis_every", "2", "--output_dir", mae_out,
+                               "--overwrite"],  # a smoke run always starts afresh
                   logs, timings)
         run_stage("convert", [py, "tools/convert_checkpoint.py", encoder,
                               out / "encoder_detectron2.pth", "--to", "detectron2"], logs, timings)
         run_stage("convert_mmseg", [py, "tools/convert_checkpoint.py", encoder,
                                     out / "encoder_mmseg.pth", "--to", "mmseg"], logs, timings)
         det_out = out / "detection"
-        run_stage("detection", [py, "tools/train_det.py", "--config", DET_CONFIG,
+        run_stage("detection", [py, "tools/train_det.py", "--config", DET_CONFIG, "--overwrite",
                                 "--dataset", f"custom={shapes['coco']}",
                                 f"train.output_dir={det_out}",
                                 f"train.init_checkpoint={out / 'encoder_detectron2.pth'}"],
@@ -102,6 +103,7 @@ def main(argv=None) -> int:
         seg_out = out / "segmentation"
         run_stage("segmentation", [py, "tools/train_seg.py", SEG_CONFIG,
                                    "--data-root", shapes["ade"], "--work-dir", seg_out,
+                                   "--overwrite",
                                    "--pretrained", out / "encoder_mmseg.pth"], logs, timings)
     except StageFailed as exc:
         print(f"[smoke] FAILED: {exc}", file=sys.stderr)

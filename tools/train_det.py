@@ -18,11 +18,15 @@ dataloader.test.dataset.names=NAME_val model.roi_heads.num_classes=K``.
 
 Outputs in ``train.output_dir``: log.txt, config.yaml, metrics.json, TensorBoard events,
 ``model_*.pth`` + ``last_checkpoint`` (for ``--resume``), ``coco_eval.json`` (latest AP numbers) and
-``inference/`` (per-evaluation JSON, COCO-format predictions). Bad input (a missing file, a broken
-annotation, a checkpoint that does not fit) ends with one ``error:`` line and exit status 2.
+``inference/`` (per-evaluation JSON, COCO-format predictions). A folder that holds another run
+(``last_checkpoint``, ``model_*.pth``, ``metrics.json``) is refused unless ``--resume`` continues
+it or ``--overwrite`` replaces it; one in use by a running training is refused. Bad input (a
+missing file, a broken annotation, a checkpoint that does not fit) ends with one ``error:`` line
+and exit status 2.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -36,6 +40,11 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from mae_transfer.detection.cli import add_dataset_arguments, run_reporting_input_errors  # noqa: E402
 from mae_transfer.detection.config_overrides import load_config  # noqa: E402
 from mae_transfer.detection.training import main as run_process  # noqa: E402
+from mae_transfer.tools.run_dir import OutputDirError, claim_output_dir  # noqa: E402
+from detectron2.config import LazyConfig  # noqa: E402
+
+#: What marks ``train.output_dir`` as holding a run: a new run there needs --resume or --overwrite.
+RUN_FILES = ("last_checkpoint", "model_*.pth", "metrics.json")
 
 
 def build_parser():
@@ -43,6 +52,9 @@ def build_parser():
     parser.add_argument("--config", dest="config_file", metavar="FILE",
                         help="LazyConfig python file (same as --config-file)")
     add_dataset_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train in a train.output_dir that holds another run (its "
+                             "checkpoints and metrics.json are removed first)")
     return parser
 
 
@@ -57,15 +69,30 @@ def parse_args(argv=None):
     return args
 
 
+def claim_output(args):
+    """Training claims ``train.output_dir`` (``tools.run_dir``) in the launching process of
+    machine 0, for the whole run; evaluation and other machines claim nothing."""
+    if args.eval_only or args.machine_rank != 0:
+        return contextlib.nullcontext()
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
+    return claim_output_dir(cfg.train.output_dir, resume=args.resume, overwrite=args.overwrite,
+                            run_files=RUN_FILES)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
 
     def run():
         load_config(args.config_file, args.opts)  # a bad override: one line before any process
-        launch(run_process, args.num_gpus, num_machines=args.num_machines,
-               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+        with claim_output(args):
+            launch(run_process, args.num_gpus, num_machines=args.num_machines,
+                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 
-    return run_reporting_input_errors(run)
+    try:
+        return run_reporting_input_errors(run)
+    except OutputDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

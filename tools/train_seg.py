@@ -1,9 +1,13 @@
 """Train (or evaluate) UperNet on the shared ViT with MMSegmentation.
 
     python tools/train_seg.py CONFIG [--work-dir DIR] [--data-root ROOT] [--pretrained CKPT]
-                              [--resume [CKPT]] [--cfg-options k=v ...] [--compile]
+                              [--resume [CKPT] | --overwrite] [--cfg-options k=v ...] [--compile]
     python tools/train_seg.py CONFIG --eval-only --checkpoint CKPT [--out results.json]
     torchrun --nproc_per_node 8 tools/train_seg.py CONFIG --launcher pytorch ...
+
+Training claims the work dir (``tools/run_dir.py``): one that holds another run
+(``last_checkpoint``, ``iter_*.pth``, ``epoch_*.pth``) is refused unless ``--resume`` continues it
+or ``--overwrite`` replaces it; one in use by a running training is refused.
 
 Configs live in segmentation/configs/ (ViT-B / ViT-L on ADE20K, a tiny CPU one). Validation runs
 during training (IoUMetric: mIoU and the per-class table) and each result is written as JSON under
@@ -15,6 +19,7 @@ with exit status 2; a non-finite loss stops training with one line and exit stat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -25,8 +30,13 @@ from mae_transfer import segmentation  # noqa: E402
 segmentation.setup()  # the framework fixes (segmentation/compat.py), before any mmseg import
 import mae_transfer.segmentation.registration  # noqa: E402,F401  (MAEViT, the dataset, ...)
 from mae_transfer.segmentation import entry  # noqa: E402
+from mae_transfer.tools.run_dir import claim_output_dir  # noqa: E402
 from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
 from mae_transfer.tools.divergence import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
+
+
+#: What marks a work dir as holding a run: a new run there needs --resume or --overwrite.
+RUN_FILES = ("last_checkpoint", "iter_*.pth", "epoch_*.pth")
 
 
 def parse_args(argv=None):
@@ -39,6 +49,9 @@ def parse_args(argv=None):
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile the backbone (options: --cfg-options "
                          "compile.backend=...)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="train in a work dir that holds another run (its checkpoints are "
+                         "removed first)")
     ap.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint")
     ap.add_argument("--checkpoint", help="checkpoint to evaluate with --eval-only")
     ap.add_argument("--out", help="results JSON of --eval-only (default: WORK_DIR/test_results.json)")
@@ -63,7 +76,10 @@ def main(argv=None) -> int:
         entry.resolve_resume(cfg, args.resume)
         if args.compile and not cfg.get("compile"):
             cfg.compile = True  # a compile dict from --cfg-options (e.g. backend=...) is kept
-        record = entry.run_train(cfg)
+        with (claim_output_dir(cfg.work_dir, resume=args.resume is not None,
+                               overwrite=args.overwrite, run_files=RUN_FILES)
+              if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext()):
+            record = entry.run_train(cfg)
         if record:
             print(f"final validation (iter {record['iter']}): {entry.format_metrics(record)}")
         return 0

@@ -1,7 +1,13 @@
-"""tools.atomic.atomic_write: all or nothing, no temporary files left behind."""
-import pytest
+"""tools.atomic.atomic_write: all or nothing, no temporary files left behind, the umask's mode."""
+import os
+import stat
 
-from mae_transfer.tools.atomic import atomic_write
+import pytest
+import torch
+
+from mae_transfer.tools.atomic import atomic_torch_save, atomic_write, current_umask
+from mae_transfer.tools.checkpoints import read_checkpoint, write_checkpoint
+from mae_transfer.tools.convert_checkpoint import convert
 
 
 def test_replaces_the_file_whole_and_creates_folders(tmp_path):
@@ -24,3 +30,32 @@ def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         atomic_write(path, crash)
     assert path.read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+@pytest.fixture(params=[0o022, 0o077])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_files_get_the_umask_mode_whatever_the_writer_makes(tmp_path, umask):
+    """safetensors' writer makes its file 0600; every written file must follow the umask instead
+    (0644 under 022, readable by the group on a shared cluster; 0600 under 077)."""
+    expected = 0o666 & ~umask
+    state = {"pos_embed": torch.zeros(1, 5, 8), "blocks.0.norm1.weight": torch.ones(8)}
+    written = [write_checkpoint(state, tmp_path / "encoder.safetensors", "ours", {"arch": "x"}),
+               write_checkpoint(state, tmp_path / "encoder.pth", "timm"),
+               atomic_torch_save({"a": torch.zeros(2)}, tmp_path / "checkpoint-last.pth"),
+               atomic_write(tmp_path / "private.bin",
+                            lambda tmp: os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)))]
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path.name
+    assert current_umask() == umask
+    assert read_checkpoint(written[0])[0].keys() == state.keys()
+
+
+def test_converted_safetensors_follow_the_umask(tmp_path, umask):
+    src = write_checkpoint({"pos_embed": torch.zeros(1, 5, 8)}, tmp_path / "src.pth", "timm")
+    convert(str(src), str(tmp_path / "out.safetensors"), "ours")
+    assert stat.S_IMODE((tmp_path / "out.safetensors").stat().st_mode) == 0o666 & ~umask

@@ -10,8 +10,9 @@ from mae_transfer.experiment.driver import (PRESETS, SEG_CONFIG, REPO, Run, fine
 
 OUT, ENC = Path("/runs/e2e"), Path("/runs/mae/encoder.safetensors")
 COCO, ADE = "/runs/e2e/paste/coco", "/runs/e2e/paste/ade/ADEChallengeData2016"
+#: a stage that is run again (after a crash) starts afresh in its folder: --overwrite
 DET = ["py", "tools/train_det.py", "--config", "detection/configs/mask_rcnn_vit_mini_e2e.py",
-       "--dataset", f"paste={COCO}"]
+       "--overwrite", "--dataset", f"paste={COCO}"]
 SEG = ["py", "tools/train_seg.py", "segmentation/configs/upernet_vit-mini_e2e_paste-128x128.py",
        "--data-root", ADE]
 
@@ -51,9 +52,9 @@ def test_default_run_commands_are_the_ones_built_before():
                                            *det_model(8, "vit_mini_patch16", 64, 256),
                                            "train.init_checkpoint="]
     assert jobs["seg-mae-s1"] == SEG + ["--pretrained", str(ENC), "--work-dir",
-                                        "/runs/e2e/seg/mae-s1",
+                                        "/runs/e2e/seg/mae-s1", "--overwrite",
                                         *seg_options(1000, 40, 1, "vit_mini_patch16")]
-    assert jobs["seg-random-s1"] == SEG + ["--work-dir", "/runs/e2e/seg/random-s1",
+    assert jobs["seg-random-s1"] == SEG + ["--work-dir", "/runs/e2e/seg/random-s1", "--overwrite",
                                            *seg_options(1000, 40, 1, "vit_mini_patch16")]
 
 
@@ -69,7 +70,7 @@ def test_ablation_flags_reach_the_commands_as_before():
                                             *det_model(3, "vit_mini_patch8", 32, 64),
                                             "train.init_checkpoint="]
     assert quick["seg-mae-s0"] == SEG + ["--pretrained", str(ENC), "--work-dir",
-                                         "/runs/e2e/seg/mae-s0",
+                                         "/runs/e2e/seg/mae-s0", "--overwrite",
                                          *seg_options(4, 1, 0, "vit_mini_patch8")]
 
 
