@@ -5,6 +5,7 @@ import stat
 import pytest
 import torch
 
+from mae_transfer.backbones import build_vit
 from mae_transfer.tools.atomic import atomic_torch_save, atomic_write, current_umask
 from mae_transfer.tools.checkpoints import read_checkpoint, write_checkpoint
 from mae_transfer.tools.convert_checkpoint import convert
@@ -56,6 +57,7 @@ def test_files_get_the_umask_mode_whatever_the_writer_makes(tmp_path, umask):
 
 
 def test_converted_safetensors_follow_the_umask(tmp_path, umask):
-    src = write_checkpoint({"pos_embed": torch.zeros(1, 5, 8)}, tmp_path / "src.pth", "timm")
+    vit = build_vit("vit_mini_patch16", img_size=32)
+    src = write_checkpoint(vit.state_dict(), tmp_path / "src.pth", "timm")
     convert(str(src), str(tmp_path / "out.safetensors"), "ours")
     assert stat.S_IMODE((tmp_path / "out.safetensors").stat().st_mode) == 0o666 & ~umask
