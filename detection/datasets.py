@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from mae_transfer.detection import compat
+from mae_transfer.detection.image_files import image_file_problems
 
 compat.setup()  # Detectron2 v0.6 cannot be imported without it (no compiled _C, Image.LINEAR)
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
@@ -59,7 +60,17 @@ _UNNAMED = "__mae_transfer_unnamed_coco__"
 
 
 class DatasetError(ValueError):
-    """A dataset that cannot be used; the message is one line naming the file and the image."""
+    """A dataset that cannot be used; the message is one line naming the file and the image.
+
+    Raised in a data-loader worker, torch re-raises it in the main process as
+    ``DatasetError(<the worker's whole traceback>)``; the one line is its last line, kept here.
+    """
+
+    def __init__(self, message: str = ""):
+        text = str(message).strip()
+        if "\n" in text:
+            text = text.splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(text)
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -67,26 +78,49 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _bbox_problem(bbox) -> Optional[str]:
+def _bbox_form_problem(bbox) -> Optional[str]:
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_number, bbox)):
         return f"bbox {bbox!r} is not [x, y, width, height] with 4 finite numbers"
-    if bbox[2] < 0 or bbox[3] < 0:
+    return None
+
+
+def _bbox_problem(bbox) -> Optional[str]:
+    problem = _bbox_form_problem(bbox)
+    if not problem and (bbox[2] < 0 or bbox[3] < 0):
         return f"bbox {list(bbox)} has a negative width or height"
+    return problem
+
+
+def _segmentation_form_problem(segm, height: int, width: int) -> Optional[str]:
+    """What no mode can read: an RLE not of the image's size, a polygon that is not a list of
+    numbers, a segmentation that is neither. (None, ``[]`` and short polygons are read.)"""
+    if segm is None:
+        return None
+    if isinstance(segm, dict):  # RLE
+        counts, size = segm.get("counts"), segm.get("size")
+        if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
+            return (f"RLE mask has size {segm.get('size')!r}; the image is [{height}, {width}] "
+                    f"(size is [height, width])")
+        if not isinstance(counts, (str, bytes, list)) or not counts:
+            return f"RLE mask has no 'counts' (a string or a list of run lengths): {counts!r}"
+        return None
+    if not isinstance(segm, list):
+        return (f"segmentation of type {type(segm).__name__} is neither polygons (a list of "
+                f"[x1, y1, x2, y2, ...] lists) nor RLE (a dict with 'counts' and 'size')")
+    for k, poly in enumerate(segm):
+        if not isinstance(poly, list) or not all(map(_number, poly)):
+            return f"polygon {k} is not a flat list of numbers"
     return None
 
 
 def _segmentation_problem(segm, height: int, width: int) -> Optional[str]:
-    if isinstance(segm, dict):  # RLE
-        if "counts" not in segm or list(segm.get("size", [])) != [height, width]:
-            return (f"RLE mask has size {segm.get('size')!r} (and counts: {'counts' in segm}); "
-                    f"the image is [{height}, {width}]")
-        return None
-    if not isinstance(segm, list) or not segm:
+    problem = _segmentation_form_problem(segm, height, width)
+    if problem or isinstance(segm, dict):
+        return problem
+    if not segm:
         return ("has no mask (empty or missing 'segmentation'); Mask R-CNN needs one per "
                 "non-crowd instance")
     for k, poly in enumerate(segm):
-        if not isinstance(poly, list) or not all(map(_number, poly)):
-            return f"polygon {k} is not a flat list of numbers"
         if len(poly) % 2:
             return f"polygon {k} has an odd number of coordinates ({len(poly)})"
         if len(poly) < 6:
@@ -117,22 +151,31 @@ def _read_json(json_file: Path, hint: str = "") -> dict:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{json_file} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"{json_file} is not a COCO instances file (not a JSON object)")
+    # no "annotations" key: an image-info file (a test split); training refuses it, in one line
     for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
+        absent = key not in data and key != "annotations"
+        if absent or not isinstance(data.get(key, []), list):
             raise DatasetError(f"{json_file} is not a COCO instances file: no '{key}' list")
-    if not data["categories"]:
-        raise DatasetError(f"{json_file} has no categories")
+    for key in ("categories", "images"):
+        if not data[key]:
+            raise DatasetError(f"{json_file} has no {key}")
     return data
 
 
-def _detectron2_stop(ann: dict, category_ids) -> Optional[str]:
-    """Why Detectron2 would stop on ``ann`` (its loader raises on an unknown category or an empty
-    bbox; a missing one fails in the data loader), or None."""
+def _detectron2_stop(ann: dict, image: dict, category_ids) -> Optional[str]:
+    """Why Detectron2 would stop on ``ann``, or None: its loader raises on an unknown category or
+    an empty bbox; its data loader fails, later and with a traceback, on a missing bbox, one
+    that is not 4 numbers (e.g. strings), an RLE mask of another size than the image, and a
+    segmentation that is neither polygons nor RLE."""
     if ann.get("category_id") not in category_ids:
         return f"category_id {ann.get('category_id')!r} is not among the json's categories"
     if not ann.get("bbox"):
         return "has no bbox (missing or empty)"
-    return None
+    return (_bbox_form_problem(ann["bbox"])
+            or _segmentation_form_problem(ann.get("segmentation"), image["height"],
+                                          image["width"]))
 
 
 def _where(json_file: Path, image: dict, ann_id) -> str:
@@ -169,12 +212,12 @@ def _check_json(json_file: Path, on_invalid: str, missing_hint: str, scratch: Pa
         images[img["id"]] = img
     checked = _Checked(source=json_file)
     rejected = set()  # Python ids of the annotations "skip" mode drops
-    for ann in data["annotations"]:
+    for ann in data.get("annotations", []):
         img = images.get(ann.get("image_id"))
         if on_invalid == "detectron2":
             if img is None:
                 continue  # Detectron2 ignores them, with a warning
-            problem = _detectron2_stop(ann, category_ids)
+            problem = _detectron2_stop(ann, img, category_ids)
             if problem:
                 raise DatasetError(f"{_where(json_file, img, ann.get('id'))}: {problem}")
             if isinstance(ann.get("segmentation"), list) and ann["segmentation"]:
@@ -238,11 +281,15 @@ def _report_detectron2_repairs(json_file: Path, polygons: Dict[int, tuple],
                        ", e.g.: " + " | ".join(emptied[:3]) if emptied else "")
 
 
-def _missing_image_files(records: List[dict], image_root: Path, json_file: Path) -> Dict[int, str]:
-    """``image_id -> one-line problem`` for every record whose image file is not there."""
-    return {r["image_id"]: f"{json_file}: image '{os.path.relpath(r['file_name'], image_root)}' "
-                           f"(id {r['image_id']}): file not found at {r['file_name']}"
-            for r in records if not os.path.isfile(r["file_name"])}
+def _image_file_problems(records: List[dict], image_root: Path,
+                         json_file: Path) -> Dict[int, str]:
+    """``image_id -> one-line problem`` for every record whose file is missing, no image, or not
+    the json's size (``detection/image_files.py``), naming the json and the image."""
+    by_id = {r["image_id"]: r for r in records}
+    return {image_id: f"{json_file}: image "
+                      f"'{os.path.relpath(by_id[image_id]['file_name'], image_root)}' "
+                      f"(id {image_id}): {problem}"
+            for image_id, problem in image_file_problems(records).items()}
 
 
 def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = None,
@@ -267,17 +314,21 @@ def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = Non
         records, kept = _detectron2_records(checked.source, json_file, image_root, dataset_name)
     if on_invalid == "detectron2":
         _report_detectron2_repairs(json_file, checked.polygons, kept)
-    missing = _missing_image_files(records, image_root, json_file) if check_images else {}
-    if missing and on_invalid != "skip":
-        raise DatasetError(next(iter(missing.values())))
-    if missing:
-        checked.skipped.extend(missing.values())
-        records = [r for r in records if r["image_id"] not in missing]
+    bad_files = _image_file_problems(records, image_root, json_file) if check_images else {}
+    if bad_files and on_invalid != "skip":
+        raise DatasetError(next(iter(bad_files.values())))
+    if bad_files:
+        checked.skipped.extend(bad_files.values())
+        records = [r for r in records if r["image_id"] not in bad_files]
     if checked.skipped:
         logger.warning("%s: skipped %d invalid annotations / images, e.g.: %s", json_file,
                        len(checked.skipped), " | ".join(checked.skipped[:3]))
-    logger.info("loaded %d images, %d annotations from %s", len(records),
-                sum(len(r["annotations"]) for r in records), json_file)
+    num_annotations = sum(len(r["annotations"]) for r in records)
+    if not num_annotations:
+        logger.warning("%s has no annotations: it can be a test split (predictions are written; "
+                       "COCO AP needs annotations), not a training split", json_file)
+    logger.info("loaded %d images, %d annotations from %s", len(records), num_annotations,
+                json_file)
     return records
 
 
@@ -351,6 +402,16 @@ def register_from_spec(spec: str, on_invalid: str = DEFAULT_ON_INVALID) -> List[
     if Path(value).is_dir():
         return register_coco_folder(name, value, on_invalid)
     raise DatasetError(f"dataset {name}: {value!r} is neither JSON:IMAGES nor a folder")
+
+
+def no_training_data(dataset_names: Sequence[str] | str) -> DatasetError:
+    """The error for training splits without one annotated (non-crowd) image: one line naming
+    their json files (Detectron2's train loader drops images without annotations)."""
+    names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
+    files = ", ".join(str(MetadataCatalog.get(n).get("json_file", n)) for n in names)
+    return DatasetError(f"{files}: no annotations to train on in {', '.join(names)} (the json's "
+                        f"'annotations' is missing or empty, or holds only crowd regions); a "
+                        f"training split needs annotated images")
 
 
 def check_num_classes(dataset_names: Sequence[str] | str, num_classes: int) -> None:

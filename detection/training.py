@@ -44,7 +44,8 @@ from mae_transfer.detection.checkpointing import (AtomicCheckpointer,  # noqa: E
 from mae_transfer.detection.cli import (UsageError, apply_cpu_threads,  # noqa: E402
                                         register_datasets)
 from mae_transfer.detection.config_overrides import load_config  # noqa: E402
-from mae_transfer.detection.datasets import check_num_classes  # noqa: E402
+from mae_transfer.detection.datasets import (DatasetError, check_num_classes,  # noqa: E402
+                                             no_training_data)
 from mae_transfer.detection.evaluation import evaluate  # noqa: E402
 from mae_transfer.tools.divergence import TrainingDiverged, diverged  # noqa: E402
 
@@ -200,7 +201,7 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
         start_iter = 0
     logger.info("training iterations %d..%d on %s (%s)", start_iter, cfg.train.max_iter - 1,
                 cfg.train.device, f"autocast {dtype}" if dtype else "fp32")
-    _log_divergence_in_one_line()
+    _log_errors_in_one_line()
     try:
         trainer.train(start_iter, cfg.train.max_iter)
     except TrainingDiverged:
@@ -210,23 +211,35 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
                        cfg.train.output_dir) from None
 
 
-class _OneLineDivergence(logging.Filter):
+class _OneLineErrors(logging.Filter):
     """Detectron2's train loop logs any exception with its traceback; a diverged run (a
-    ``FloatingPointError``, the user's lr rather than a bug) gets one line there instead."""
+    ``FloatingPointError``, the user's lr rather than a bug) and an image the data loader cannot
+    read (a ``DatasetError``) get one line there instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, FloatingPointError):
+        if isinstance(exc, (FloatingPointError, DatasetError)):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             record.msg = f"{record.getMessage()} {type(exc).__name__}: {first}"
             record.args, record.exc_info, record.exc_text = None, None, None
         return True
 
 
-def _log_divergence_in_one_line() -> None:
+def _log_errors_in_one_line() -> None:
     train_loop_logger = logging.getLogger("detectron2.engine.train_loop")
-    if not any(isinstance(f, _OneLineDivergence) for f in train_loop_logger.filters):
-        train_loop_logger.addFilter(_OneLineDivergence())
+    if not any(isinstance(f, _OneLineErrors) for f in train_loop_logger.filters):
+        train_loop_logger.addFilter(_OneLineErrors())
+
+
+def build_train_loader(cfg):
+    """``cfg.dataloader.train``; a training split with no annotated image (Detectron2's
+    ``get_detection_dataset_dicts`` asserts) is one line naming its json files."""
+    try:
+        return instantiate(cfg.dataloader.train)
+    except AssertionError as exc:
+        if "No valid data found" not in str(exc):
+            raise
+        raise no_training_data(cfg.dataloader.train.dataset.names) from None
 
 
 def main(args) -> Optional[dict]:
@@ -241,7 +254,7 @@ def main(args) -> Optional[dict]:
             load_init_checkpoint(model, cfg.train.init_checkpoint)
         return evaluate(cfg, model)
     # Data first: a broken dataset is reported before minutes of building a large model.
-    train_loader = instantiate(cfg.dataloader.train)  # loads the train json (sets its classes)
+    train_loader = build_train_loader(cfg)  # loads the train json (sets its classes)
     check_num_classes(cfg.dataloader.train.dataset.names, cfg.model.roi_heads.num_classes)
     do_train(cfg, args, build_model(cfg), train_loader)
     return None

@@ -164,6 +164,29 @@ def test_strict_mode_stops_training_with_one_line_naming_the_broken_annotation(s
     assert "needs at least 3" in last
 
 
+@pytest.mark.parametrize("fault", ["zero_byte", "truncated"])
+def test_default_mode_ends_an_unreadable_image_in_one_line(shapes_dataset, tmp_path, fault):
+    """A zero-byte image is found before training (its header); truncated JPEGs (headers intact)
+    when the train loader reads one, inside Detectron2's train loop."""
+    data = tmp_path / "coco"
+    shutil.copytree(shapes_dataset["coco"], data)
+    images = sorted((data / "images" / "train").glob("*.jpg"))
+    for image in images[3:4] if fault == "zero_byte" else images:
+        content = image.read_bytes()
+        image.write_bytes(b"" if fault == "zero_byte" else content[: len(content) * 2 // 3])
+    run = cli("tools/train_det.py", "--config", TINY, "--dataset", f"custom={data}",
+              f"train.output_dir={tmp_path / 'out'}", *RUN, check=False)
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in run.stderr + run.stdout
+    if fault == "zero_byte":
+        assert last == (f"error: {data / 'annotations' / 'instances_train.json'}: image "
+                        f"'train_0003.jpg' (id {3 + 1}): {images[3]} is empty (0 bytes)")
+    else:
+        assert re.fullmatch(rf"error: image {data / 'images' / 'train'}/train_\d{{4}}\.jpg "
+                            r"\(id \d+\): cannot be read \(OSError: .*truncated.*\)", last)
+
+
 def test_tiny_cascade_trains_and_reports_coco_ap(shapes_dataset, tmp_path):
     """The Cascade Mask R-CNN config family through the same entry point: train, evaluate, save."""
     out = tmp_path / "cascade"

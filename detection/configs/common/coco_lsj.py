@@ -7,22 +7,25 @@ image size (``detection.rcnn.ViTDetRCNN``), exactly as at test time, so training
 128 borders and proposals are clipped to the image. Test: the longer side resized to 1024.
 64 images per iteration in total (over all GPUs). Dataset names are Detectron2 catalog names;
 ``tools/train_det.py`` registers ``coco_2017_{train,val}`` from ``$DETECTRON2_DATASETS/coco`` (or
-``--coco-root``) and any ``--dataset NAME=...`` you add.
+``--coco-root``) and any ``--dataset NAME=...`` you add. The mapper is Detectron2's
+``DatasetMapper`` that names an image it cannot read in one line (``detection/mapper.py``).
 """
 from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import (DatasetMapper, build_detection_test_loader,
-                             build_detection_train_loader, get_detection_dataset_dicts)
+from detectron2.data import (build_detection_test_loader, build_detection_train_loader,
+                             get_detection_dataset_dicts)
 from detectron2.evaluation import COCOEvaluator
+
+from mae_transfer.detection.mapper import CheckedDatasetMapper
 
 IMAGE_SIZE = 1024
 
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_train"),
-    mapper=L(DatasetMapper)(
+    mapper=L(CheckedDatasetMapper)(
         is_train=True,
         augmentations=[
             L(T.RandomFlip)(horizontal=True),
@@ -39,7 +42,7 @@ dataloader.train = L(build_detection_train_loader)(
 )
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
-    mapper=L(DatasetMapper)(
+    mapper=L(CheckedDatasetMapper)(
         is_train=False,
         augmentations=[L(T.ResizeShortestEdge)(short_edge_length=IMAGE_SIZE, max_size=IMAGE_SIZE)],
         image_format="RGB",
