@@ -9,10 +9,19 @@ json) does what ``on_invalid`` (``--invalid-annotations`` of the entry points) a
   are all dropped is skipped (one warning here with the counts, naming the first instances, read
   off Detectron2's records); an instance with no ``segmentation`` at all is kept, without a
   mask; uncompressed RLE is compressed; annotations of image ids missing from ``images`` are
-  ignored with a warning. What Detectron2 would stop on (a ``category_id`` not among the
-  categories, an empty ``bbox``) with a traceback, or fail on later inside a data-loader worker
-  (an image file that is not there), stops here, at load time, with one line naming the json,
-  the image and the annotation.
+  ignored with a warning; a negative or empty box is kept (the train mapper recomputes boxes
+  from the masks; an empty instance is filtered there). What Detectron2 would stop on (a
+  ``category_id`` not among the categories, an empty ``bbox``) with a traceback, or fail on
+  later inside a data-loader worker (a bbox that is not 4 numbers, e.g. strings; an RLE mask of
+  another size than its image; a segmentation that is neither polygons nor RLE), stops here,
+  at load time, with one line naming the json, the image and the annotation.
+
+Every mode then reads each image file's header (``detection/image_files.py``: a missing, empty or
+unreadable file, or one whose size after its EXIF orientation is not the json's ``width`` /
+``height``): one line naming the json and the image (``"skip"``: the image is dropped). What only
+decoding finds (a truncated JPEG) is named by the dataset mapper (``detection/mapper.py``). A json
+without annotations (no ``annotations`` key, or an empty list) loads, with a warning: it can be a
+test split, not a training split (``no_training_data``).
 - ``"error"``: every annotation is checked and the first problem stops the run in one line:
 
     <json>: image 'train_0003.jpg' (id 3): annotation 17: bbox [10, 10, -4, 8] has a negative ...

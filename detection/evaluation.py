@@ -91,6 +91,9 @@ def evaluate(cfg, model: torch.nn.Module, iteration: Optional[int] = None) -> di
     if comm.is_main_process():
         when = "final" if iteration is None else f"iteration {iteration}"
         logger.info("COCO evaluation on %s (%s):\n%s", names, when, format_ap_table(results))
+        if not results:
+            logger.warning("no AP for %s: its json has no 'annotations' (a test split); the "
+                           "predictions are in %s", names, cfg.dataloader.evaluator.output_dir)
         path = write_results_json(dict(results), output_dir, names, iteration)
         logger.info("evaluation results written to %s", path)
     return results

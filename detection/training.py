@@ -20,7 +20,10 @@ TensorBoard). What is ours:
   ``train.cpu_threads``: torch's thread count for CPU runs (0: torch's default);
 - a diverged run (Detectron2's ``FloatingPointError`` on a non-finite loss, box or score, or
   non-finite weights at a checkpoint) ends as one ``TrainingDiverged`` line naming the iteration;
-  no checkpoint of non-finite weights is written and ``last_checkpoint`` keeps its last good one.
+  no checkpoint of non-finite weights is written and ``last_checkpoint`` keeps its last good one;
+- an image the data loader cannot read (``DatasetError`` from ``detection/mapper.py``) is one line
+  in the train loop's log too, and a training split without annotations is one line naming its
+  json (``build_train_loader``).
 """
 from __future__ import annotations
 
