@@ -218,6 +218,11 @@ def _check_json(json_file: Path, on_invalid: str, missing_hint: str, scratch: Pa
         if missing:
             raise DatasetError(f"{json_file}: image entry {i} ({img.get('file_name', '?')!r}) "
                                f"lacks {missing}")
+        if not all(_number(img[k]) and img[k] > 0 and float(img[k]).is_integer()
+                   for k in ("height", "width")):
+            raise DatasetError(f"{json_file}: image '{img['file_name']}' (id {img['id']}): "
+                               f"height {img['height']!r} and width {img['width']!r} are not "
+                               f"both positive whole numbers")
         images[img["id"]] = img
     checked = _Checked(source=json_file)
     rejected = set()  # Python ids of the annotations "skip" mode drops

@@ -155,6 +155,15 @@ def test_image_faults_are_found_before_training(tmp_path, kind, message):
     _one_line(err, path, f"image '{kind}.jpg' (id 7): ")
 
 
+@pytest.mark.parametrize("size", [("48", "32"), (0, 32), (48.5, 32)])
+def test_image_size_in_the_json_must_be_whole_numbers(tmp_path, size):
+    path, folder, _, _ = _dataset(tmp_path, "good",
+                                  lambda d, a, i: i.update(width=size[0], height=size[1]))
+    with pytest.raises(DatasetError, match="are not both positive whole numbers") as err:
+        load_coco_instances(path, folder)
+    _one_line(err, path, "image 'good.jpg' (id 7)")
+
+
 def test_missing_image_file_is_one_line(tmp_path):
     path, folder, _, _ = _dataset(tmp_path, "good", write_file=False)
     with pytest.raises(DatasetError, match="file not found at") as err:
