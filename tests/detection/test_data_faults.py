@@ -117,7 +117,7 @@ def test_default_mode_stops_on_annotations_training_cannot_read(tmp_path, edit, 
     path, folder, image, ann = _dataset(tmp_path, "good", edit)
     with pytest.raises(DatasetError, match=message) as err:
         load_coco_instances(path, folder)
-    _one_line(err, path, f"image 'good.jpg' (id 7): annotation 70:")
+    _one_line(err, path, "image 'good.jpg' (id 7): annotation 70:")
 
 
 @pytest.mark.parametrize("bbox", [[4.0, 4.0, -16.0, 16.0], [4.0, 4.0, 0.0, 0.0]])
