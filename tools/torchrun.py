@@ -6,11 +6,14 @@ signals the workers, waits ``--shutdown_timeout`` for them, kills the rest, and 
 traceback even when every worker saved and exited 0; SIGUSR1 (not handled) kills it at once,
 workers orphaned. Here, torchrun is told not to handle these two (its ``--signals_to_handle``)
 and this process forwards them to its worker processes instead; the workers save, stop and exit
-(0), and torchrun ends as after any run: with the workers' status. Other signals (SIGINT,
-SIGHUP, SIGQUIT) keep torchrun's own handling.
+(0), and torchrun ends as after any run: with the workers' status. SIGINT (Ctrl-C) reaches
+the workers as SIGTERM (torchrun starts them in sessions of their own, so a terminal's Ctrl-C
+reaches this process only): it saves and stops the same way, and a second Ctrl-C changes
+nothing. SIGHUP and SIGQUIT keep torchrun's own handling.
 
 A scheduler that signals every process of the job (SLURM's ``srun`` steps) reaches the workers
 directly too; they receive the signal twice, which changes nothing (``tools.preemption``).
+Linux only (the workers are found in ``/proc``), as torchrun's SLURM and GPU use is.
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ from typing import List
 
 from mae_transfer.tools.preemption import SCHEDULER_SIGNALS
 
-#: The signals torchrun keeps handling itself (its default list without SCHEDULER_SIGNALS).
-TORCHRUN_HANDLES = "SIGINT,SIGHUP,SIGQUIT"
+#: The signals torchrun keeps handling itself (its default list without those forwarded here).
+TORCHRUN_HANDLES = "SIGHUP,SIGQUIT"
+#: What this process sends its workers for each signal it receives.
+FORWARD = {**{sig: sig for sig in SCHEDULER_SIGNALS}, signal.SIGINT: signal.SIGTERM}
 
 
 def child_pids(parent: int) -> List[int]:
@@ -43,10 +48,11 @@ def child_pids(parent: int) -> List[int]:
 
 
 def forward_to_workers(signum, frame) -> None:
-    """Signal handler: send ``signum`` on to this process's children (torchrun's workers)."""
+    """Signal handler: send ``FORWARD[signum]`` to this process's children (torchrun's
+    workers)."""
     for pid in child_pids(os.getpid()):
         try:
-            os.kill(pid, signum)
+            os.kill(pid, FORWARD[signum])
         except ProcessLookupError:
             pass
 
@@ -64,7 +70,7 @@ def main(argv=None) -> int:
 
     if torchrun_knows_signal_option():
         argv = ["--signals_to_handle", TORCHRUN_HANDLES, *argv]
-    for sig in SCHEDULER_SIGNALS:
+    for sig in FORWARD:
         signal.signal(sig, forward_to_workers)
     run.main(argv)
     return 0  # torchrun raises (ChildFailedError -> exit 1) when a worker failed
