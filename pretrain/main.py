@@ -9,6 +9,8 @@ Writes into ``--output_dir``: ``checkpoint-last.pth`` (after every epoch and whe
 ``checkpoint-NNNN.pth`` (after every ``--save_every`` epochs and the last; NNNN = epochs done),
 ``encoder.safetensors`` (the encoder in the canonical format, at the end), ``log.txt`` (a JSON
 line per epoch), ``train.log``, ``vis/epoch-NNNN.png`` and TensorBoard events (``--log_dir``).
+Stop signals are agreed on after every optimizer step (``tools.preemption``), so all ranks stop
+after the same step and rank 0 saves there.
 Exit status: 0 done (or stopped by SIGTERM / SIGUSR1 / Ctrl-C, position saved), 1 non-finite loss
 (last good checkpoint kept), 2 bad input or an unusable output folder (one ``error:`` line: in use,
 holding another run without ``--resume`` / ``--overwrite``, unwritable, full), 130 a second Ctrl-C
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
            "encoder and log.txt are removed first)")
     a("--log_dir", default=None, help="TensorBoard folder (default: --output_dir)")
     a("--resume", default="", help="training checkpoint to continue, or 'auto' "
-                                   "(OUTPUT_DIR/checkpoint-last.pth when it exists)")
+                                   "(OUTPUT_DIR/checkpoint-last.pth when it exists); decided "
+                                   "by rank 0, every rank resumes from the same file")
     a("--init", default="", help="start a new run from these weights: any encoder file "
                                  "load_pretrained reads (the decoder starts fresh) or a full MAE "
                                  "checkpoint, ours or official (decoder loaded too); ignored when "
