@@ -5,8 +5,9 @@
 #   sbatch [--nodes N --gpus-per-node G --time T ...] tools/slurm.sh STAGE ARGS...
 #
 #   STAGE pretrain  ARGS = [torchrun options --] training args   (tools/pretrain.sh; --resume auto)
-#   STAGE det       ARGS = tools/train_det.py args               (--num-gpus, --resume added)
+#   STAGE det       ARGS = tools/train_det.py args               (--resume, --num-gpus added)
 #   STAGE seg       ARGS = CONFIG [tools/train_seg.py args]      (torchrun, --launcher pytorch --resume)
+#   tools/slurm.sh --print STAGE ARGS...   prints the command it would run (one per node) and exits
 #
 # Submit from the repository root (sbatch runs a copy of this file; the repository is then
 # $SLURM_SUBMIT_DIR) or set MAE_TRANSFER_ROOT. The header below is the recipe; options given to
@@ -41,6 +42,8 @@ fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 usage="usage: tools/slurm.sh pretrain|det|seg ARGS... (see the top of tools/slurm.sh)"
+print_only=0
+[[ ${1:-} == --print ]] && { print_only=1; shift; }
 (($#)) || { echo "$usage" >&2; exit 2; }
 stage=$1; shift
 
@@ -67,32 +70,34 @@ case $stage in
     fi
     cmd=(bash "$REPO/tools/pretrain.sh" "${launcher[@]}" -- "${train[@]}")
     ;;
-  det)
-    args=("$@")
-    has --resume "${args[@]}" || args+=(--resume)
-    has --num-gpus "${args[@]}" || args+=(--num-gpus "$gpus")
+  det)  # our flags first: Detectron2 takes everything after the first KEY=VALUE as overrides
+    flags=()
+    has --resume "$@" || flags+=(--resume)
+    has --num-gpus "$@" || flags+=(--num-gpus "$gpus")
     if ((nodes > 1)); then  # the machine rank is the node's own: read where the task runs
-      args+=(--num-machines "$nodes" --dist-url "tcp://$head:$port")
-      cmd=(bash -c 'exec "$@" --machine-rank "$SLURM_NODEID"' _ "$PY" "$REPO/tools/train_det.py"
-           "${args[@]}")
+      flags+=(--num-machines "$nodes" --dist-url "tcp://$head:$port")
+      cmd=(bash -c 'exec "$1" "$2" --machine-rank "$SLURM_NODEID" "${@:3}"' _
+           "$PY" "$REPO/tools/train_det.py" "${flags[@]}" "$@")
     else
-      cmd=("$PY" "$REPO/tools/train_det.py" "${args[@]}")
+      cmd=("$PY" "$REPO/tools/train_det.py" "${flags[@]}" "$@")
     fi
     ;;
-  seg)
-    args=("$@")
-    has --resume "${args[@]}" || args+=(--resume)
-    has --launcher "${args[@]}" || args+=(--launcher pytorch)
+  seg)  # CONFIG, then our flags, then the rest
+    (($#)) || { echo "$usage" >&2; exit 2; }
+    flags=()
+    has --resume "$@" || flags+=(--resume)
+    has --launcher "$@" || flags+=(--launcher pytorch)
     rdzv=(--standalone)
     ((nodes > 1)) && rdzv=(--nnodes "$nodes" --rdzv_backend c10d --rdzv_endpoint "$head:$port"
                            --rdzv_id "${SLURM_JOB_ID:-mae}")
     cmd=("$PY" -m mae_transfer.tools.torchrun "${rdzv[@]}" --nproc_per_node "$gpus"
-         "$REPO/tools/train_seg.py" "${args[@]}")
+         "$REPO/tools/train_seg.py" "$1" "${flags[@]}" "${@:2}")
     ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
 # One launcher per node through srun on several nodes; on one node, this script runs it.
 ((nodes > 1)) && cmd=(srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${cmd[@]}")
+if ((print_only)); then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
 
 signalled=""
 forward() {  # to the launcher here, or to every srun task (each passes it to its workers)
