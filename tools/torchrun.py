@@ -13,7 +13,9 @@ nothing. SIGHUP and SIGQUIT keep torchrun's own handling.
 
 A scheduler that signals every process of the job (SLURM's ``srun`` steps) reaches the workers
 directly too; they receive the signal twice, which changes nothing (``tools.preemption``).
-Linux only (the workers are found in ``/proc``), as torchrun's SLURM and GPU use is.
+Linux only (the workers are found in ``/proc``), as torchrun's SLURM and GPU use is. Needs
+torch >= 2.9 (torchrun's ``--signals_to_handle``); an older torchrun keeps SIGTERM and SIGINT
+(its workers still get them, save and stop, but it exits 1), with a warning.
 """
 from __future__ import annotations
 
@@ -70,6 +72,9 @@ def main(argv=None) -> int:
 
     if torchrun_knows_signal_option():
         argv = ["--signals_to_handle", TORCHRUN_HANDLES, *argv]
+    else:
+        print("warning: this torchrun (torch < 2.9) handles SIGTERM and SIGINT itself: the workers "
+              "still save and stop, but torchrun then exits 1", file=sys.stderr)
     for sig in FORWARD:
         signal.signal(sig, forward_to_workers)
     run.main(argv)
