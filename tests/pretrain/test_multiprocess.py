@@ -165,3 +165,17 @@ def test_rank_0_without_a_checkpoint_starts_every_rank_afresh(repo_root, images,
     assert "resumed from" not in log0 + log1
     assert load(node0 / "out" / "checkpoint-last.pth")["global_step"] == 1
     assert load(node1 / "out" / "checkpoint-last.pth")["global_step"] == theirs["global_step"]
+
+
+def test_the_stop_flag_is_asked_after_every_optimizer_step(images, tmp_path, monkeypatch):
+    """One process, --log_every 1000: a stop requested during the 3rd optimizer step (with
+    --accum_iter 2: micro-step 6) is acted on right after it, at that exact position."""
+    from mae_transfer.tools.preemption import StopRequest
+
+    asked = []
+    monkeypatch.setattr(StopRequest, "requested", lambda self: asked.append(1) or len(asked) >= 3)
+    assert main(["--data_path", str(images), "--output_dir", str(tmp_path), *map(str, LONG),
+                 "--accum_iter", "2"]) == 0
+    ckpt = load(tmp_path / "checkpoint-last.pth")
+    assert len(asked) == 3
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (0, 6, 6)
