@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import List
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -64,6 +64,41 @@ def all_reduce_sum(values: List[float], device: torch.device) -> List[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (a picklable value; identity when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def fail_together(error: Optional[Exception], device: torch.device,
+                  others_error: Callable[[Sequence[int]], Exception]) -> None:
+    """A collective for a step every rank does, that can fail on some ranks only: each rank
+    passes its own error (or None); if any rank failed, every rank raises, its own error or
+    ``others_error(failed_ranks)``, so the whole job stops instead of some ranks hanging in the
+    next collective."""
+    initialized = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if initialized else 1
+    flags = [0.0] * world
+    if error is not None:
+        flags[dist.get_rank() if initialized else 0] = 1.0
+    failed = [r for r, f in enumerate(all_reduce_sum(flags, device)) if f]
+    if error is not None:
+        raise error
+    if failed:
+        raise others_error(failed)
+
+
+def cpu_group():
+    """A gloo group of all ranks when the default one is NCCL (small CPU collectives, such as
+    the per-step stop agreement, then never wait on the GPU queue); else None (the default)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return dist.new_group(backend="gloo")
+    return None
 
 
 def barrier() -> None:

@@ -3,8 +3,9 @@
 The loss is never read back to the CPU inside a step (that would stall the GPU queue): losses
 are summed on the device and, every ``log_every`` steps, summed over the processes and checked.
 A non-finite sum stops the run before any checkpoint is written, so the last good one survives.
-The same synchronised check carries the "stop requested" flag (SIGTERM/SIGUSR1 from a
-scheduler), so every process stops after the same step.
+The "stop requested" flag (SIGTERM/SIGUSR1 from a scheduler, ``tools.preemption``) is agreed on
+after every optimizer step, whatever ``log_every`` is, so every process stops after the same step
+and the save fits in the scheduler's grace period.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class EpochResult:
     lr: float = 0.0
     images_per_s: float = 0.0
     stopped: bool = False  # max_steps reached or a stop requested: end the run after this
+    stop_requested: bool = False  # the stop was requested (a signal on some process)
 
 
 def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
@@ -70,12 +72,14 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
     """Train from ``progress`` to the end of its epoch (or an earlier stop); updates ``progress``.
 
     ``no_sync`` is DDP's ``no_sync`` (skips the gradient all-reduce on accumulation steps).
+    ``stop_requested`` is called after every optimizer step on every process (it may be a
+    collective, ``StopRequest.agree``); True ends the epoch there, losses checked and logged.
     """
     device = dist_info.device
     model.train()
     autocast = (torch.autocast(device.type, dtype=cfg.amp_dtype) if cfg.amp_dtype
                 else contextlib.nullcontext())
-    monitor = _Monitor(cfg, progress, dist_info, stop_requested, on_log)
+    monitor = _Monitor(cfg, progress, dist_info, on_log)
     lr = 0.0
     start_step = progress.step_in_epoch
     result = EpochResult()
@@ -104,12 +108,15 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
         progress.step_in_epoch += 1
         progress.global_step += 1
 
+        if not boundary:
+            continue
         at_end = progress.step_in_epoch >= cfg.steps_per_epoch
         at_max = cfg.max_steps is not None and progress.global_step >= cfg.max_steps
-        if not boundary or not (at_end or at_max or progress.step_in_epoch % cfg.log_every == 0):
-            continue
-        if monitor.check(lr) or at_max:
-            result.stopped = True
+        stop = stop_requested()
+        if at_end or at_max or stop or progress.step_in_epoch % cfg.log_every == 0:
+            monitor.check(lr)  # before any save: a non-finite loss must not be saved
+        if at_max or stop:
+            result.stopped, result.stop_requested = True, stop
             break
     if monitor.steps:  # the loader ended early: still check (and log) what it gave
         monitor.check(lr)
@@ -124,13 +131,12 @@ def train_one_epoch(model: torch.nn.Module, loader: Iterable, optimizer: torch.o
 
 class _Monitor:
     """Sums losses on the device; every check, reduces them over processes, stops on non-finite
-    values, logs, and reports whether any process asked to stop."""
+    values and logs."""
 
     def __init__(self, cfg: StepConfig, progress: Progress, dist_info: DistInfo,
-                 stop_requested: Callable[[], bool],
                  on_log: Callable[[Dict[str, float], int], None]):
         self.cfg, self.progress, self.dist_info = cfg, progress, dist_info
-        self.stop_requested, self.on_log = stop_requested, on_log
+        self.on_log = on_log
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=dist_info.device)
         self.steps = 0
         self.epoch_loss, self.epoch_steps = 0.0, 0
@@ -141,12 +147,11 @@ class _Monitor:
         self.loss_sum += loss
         self.steps += 1
 
-    def check(self, lr: float) -> bool:
-        """Reduce, check, log; True when some process asked to stop."""
+    def check(self, lr: float) -> None:
+        """Reduce, check, log."""
         p, cfg = self.progress, self.cfg
-        total, count, stop = all_reduce_sum(
-            [self.loss_sum.item(), float(self.steps), float(self.stop_requested())],
-            self.dist_info.device)
+        total, count = all_reduce_sum([self.loss_sum.item(), float(self.steps)],
+                                      self.dist_info.device)
         if not math.isfinite(total):
             raise NonFiniteLoss(
                 f"non-finite loss ({total}) in epoch {p.epoch + 1}, steps "
@@ -165,7 +170,6 @@ class _Monitor:
         self.loss_sum.zero_()
         self.steps = 0
         self.t_log = now
-        return stop > 0
 
 
 def _log_line(progress: Progress, cfg: StepConfig, loss: float, lr: float, speed: float,

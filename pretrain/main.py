@@ -9,6 +9,8 @@ Writes into ``--output_dir``: ``checkpoint-last.pth`` (after every epoch and whe
 ``checkpoint-NNNN.pth`` (after every ``--save_every`` epochs and the last; NNNN = epochs done),
 ``encoder.safetensors`` (the encoder in the canonical format, at the end), ``log.txt`` (a JSON
 line per epoch), ``train.log``, ``vis/epoch-NNNN.png`` and TensorBoard events (``--log_dir``).
+Stop signals are agreed on after every optimizer step (``tools.preemption``), so all ranks stop
+after the same step and rank 0 saves there.
 Exit status: 0 done (or stopped by SIGTERM / SIGUSR1 / Ctrl-C, position saved), 1 non-finite loss
 (last good checkpoint kept), 2 bad input or an unusable output folder (one ``error:`` line: in use,
 holding another run without ``--resume`` / ``--overwrite``, unwritable, full), 130 a second Ctrl-C
@@ -22,7 +24,6 @@ import logging
 import math
 import os
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,8 @@ from mae_transfer.pretrain.checkpoint import (atomic_save, load_training_checkpo
 from mae_transfer.pretrain.data import (STOP_SIGNALS, DatasetError, ResumableSampler,
                                        normalize_batch, stop_workers, worker_init)
 from mae_transfer.pretrain.device_decode import dataset_class, make_loader
-from mae_transfer.pretrain.distributed import (DistInfo, all_reduce_sum, barrier, cleanup,
-                                              init_distributed)
+from mae_transfer.pretrain.distributed import (DistInfo, barrier, broadcast_object, cleanup,
+                                              cpu_group, fail_together, init_distributed)
 from mae_transfer.pretrain.engine import NonFiniteLoss, Progress, StepConfig, train_one_epoch
 from mae_transfer.pretrain.init import init_from_checkpoint
 from mae_transfer.pretrain.logs import MetricWriter, setup_logging, teardown_logging
@@ -47,6 +48,7 @@ from mae_transfer.pretrain.schedule import effective_lr, lr_at
 from mae_transfer.pretrain.visualize import reconstruction_rows, save_png
 from mae_transfer.tools.checkpoints import CheckpointError, write_checkpoint
 from mae_transfer.tools.lr_decay import param_groups
+from mae_transfer.tools.preemption import StopRequest
 from mae_transfer.tools.run_dir import (OutputDirClaim, OutputDirError, claim_output_dir,
                                         writing_into)
 
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
            "encoder and log.txt are removed first)")
     a("--log_dir", default=None, help="TensorBoard folder (default: --output_dir)")
     a("--resume", default="", help="training checkpoint to continue, or 'auto' "
-                                   "(OUTPUT_DIR/checkpoint-last.pth when it exists)")
+                                   "(OUTPUT_DIR/checkpoint-last.pth when it exists); decided "
+                                   "by rank 0, every rank resumes from the same file")
     a("--init", default="", help="start a new run from these weights: any encoder file "
                                  "load_pretrained reads (the decoder starts fresh) or a full MAE "
                                  "checkpoint, ours or official (decoder loaded too); ignored when "
@@ -151,38 +154,6 @@ def build_optimizer(model: MaskedAutoencoderViT, args, device: torch.device):
     groups = param_groups(model, args.weight_decay, layer_decay=1.0, wd_policy="mae_pretrain")
     kwargs = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), **kwargs)
-
-
-class StopFlag:
-    """Set by SIGTERM / SIGUSR1 (cluster pre-emption) or SIGINT (Ctrl-C): the run saves its
-    position and stops at the next check. A second Ctrl-C stops at once, without saving."""
-
-    SIGNALS = STOP_SIGNALS
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict = {}
-
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        logger.warning("received %s: saving a checkpoint and stopping at the next check%s",
-                       signal.Signals(signum).name,
-                       " (Ctrl-C again: stop now, without saving)"
-                       if signum == signal.SIGINT else "")
-
-    def __call__(self) -> bool:
-        return self.requested
 
 
 class Run:
@@ -334,10 +305,11 @@ class Run:
         writer.image("reconstruction", picture, done)
         logger.info("wrote %s (original | masked | reconstruction | + visible)", path)
 
-    def train(self) -> int:
+    def train(self, stop: StopRequest) -> int:
+        """Train to the end (or ``--max_steps``, or until ``stop`` is agreed on: then every rank
+        leaves after the same optimizer step and rank 0 saves the position)."""
         a, d = self.args, self.dist
-        stop_flag = StopFlag()
-        stop_flag.install()
+        group = cpu_group()  # the per-step stop agreement never waits on a GPU
         train_model: torch.nn.Module = self.model
         no_sync = None
         if d.distributed:
@@ -372,7 +344,8 @@ class Run:
                 t0 = time.perf_counter()
                 result = train_one_epoch(train_model, loader, self.optimizer, self.scaler,
                                          cfg, self.progress, d, no_sync=no_sync,
-                                         stop_requested=stop_flag, on_log=writer.scalars)
+                                         stop_requested=lambda: stop.agree(group),
+                                         on_log=writer.scalars)
                 if self.progress.step_in_epoch >= self.steps_per_epoch:
                     self.progress.epoch += 1
                     self.progress.step_in_epoch = 0
@@ -390,7 +363,7 @@ class Run:
                     self.save(names)
                     self.visualize(writer)
                 if result.stopped:
-                    if stop_flag():
+                    if result.stop_requested:
                         logger.warning("stopped on request after %d steps; continue with "
                                        "--resume auto", self.progress.global_step)
                     break
@@ -401,7 +374,6 @@ class Run:
             if loader is not None:
                 stop_workers(loader)  # on success, error and signal alike: no worker outlives us
             writer.close()
-            stop_flag.uninstall()
         return 0
 
 
@@ -430,18 +402,40 @@ def claim_output(args, dist_info: DistInfo) -> Optional[OutputDirClaim]:
                                      overwrite=args.overwrite, run_files=RUN_FILES)
         except OutputDirError as exc:
             refusal = exc
-    refused = all_reduce_sum([float(refusal is not None)], dist_info.device)[0]
-    if refusal is not None:
-        raise refusal
-    if refused:
-        raise OutputDirError(f"rank 0 refused output folder {args.output_dir} (see its error)")
+    fail_together(refusal, dist_info.device, lambda ranks: OutputDirError(
+        f"rank 0 refused output folder {args.output_dir} (see its error)"))
     return claim
+
+
+def resume_once(run: "Run", args, dist_info: DistInfo) -> Optional[str]:
+    """``--resume``, decided once: rank 0 picks the checkpoint (``auto``: its
+    ``OUTPUT_DIR/checkpoint-last.pth`` if present, else none) and every rank resumes from that
+    one, or all start afresh. A rank that cannot read it stops every rank (one line each): with
+    an output folder that is not shared between nodes, rank 0 would otherwise continue a run
+    that the others restart, and the job would hang."""
+    choice = resume_path(args) if dist_info.is_main else None
+    ckpt = broadcast_object(None if choice is None else str(choice))
+    error = None
+    if ckpt is not None:
+        try:
+            run.resume(Path(ckpt))
+        except CheckpointError as exc:
+            error = (CheckpointError(f"rank {dist_info.rank} cannot resume from {ckpt}, the "
+                                     f"checkpoint rank 0 chose (is --output_dir shared by all "
+                                     f"nodes?): {exc}")
+                     if dist_info.distributed and not dist_info.is_main else exc)
+    fail_together(error, dist_info.device, lambda ranks: CheckpointError(
+        f"rank {', '.join(map(str, ranks))} cannot resume from {ckpt} (see its error): "
+        f"stopping every rank"))
+    return ckpt
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     dist_info: Optional[DistInfo] = None
     claim: Optional[OutputDirClaim] = None
+    # Installed first: a scheduler's signal during start-up stops the run after its first step.
+    stop = StopRequest().install(STOP_SIGNALS)
     try:
         validate(args)
         dist_info = init_distributed(args.device)
@@ -453,9 +447,8 @@ def main(argv=None) -> int:
             torch.backends.cudnn.benchmark = True
         logger.info("arguments: %s", " ".join(f"--{k} {v}" for k, v in vars(args).items()))
         run = Run(args, dist_info)
-        ckpt = resume_path(args)
+        ckpt = resume_once(run, args, dist_info)
         if ckpt is not None:
-            run.resume(ckpt)
             if args.init:
                 logger.info("--init %s ignored: continuing the run from %s", args.init, ckpt)
         else:
@@ -464,7 +457,7 @@ def main(argv=None) -> int:
                             f"from --init {args.init}" if args.init else "from scratch")
             if args.init:
                 run.init_from(args.init)
-        return run.train()
+        return run.train(stop)
     except NonFiniteLoss as exc:
         last = Path(args.output_dir) / LAST
         kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written"
@@ -480,6 +473,7 @@ def main(argv=None) -> int:
               f"saved position", file=sys.stderr)
         return 130
     finally:
+        stop.uninstall()
         if claim is not None:
             claim.release()
         if dist_info is not None:

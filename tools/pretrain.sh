@@ -13,6 +13,8 @@
 # single-node standalone rendezvous (unless --nnodes/--rdzv*/--master* is given) and one process
 # per GPU (unless --nproc_per_node is given). With --device cpu and no torchrun options, the
 # script runs as one plain Python process (gloo is used if you ask torchrun for several).
+# SIGTERM / SIGUSR1 to this launcher (scancel, SLURM's --signal): every rank finishes its step,
+# rank 0 saves, all exit 0 (mae_transfer.tools.torchrun forwards them to the workers).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
@@ -54,4 +56,6 @@ if [[ $opts != *" --nproc_per_node"* && $opts != *" --nproc-per-node"* ]]; then
     launcher+=(--nproc_per_node 1)
   fi
 fi
-exec "$PY" -m torch.distributed.run "${launcher[@]}" -m mae_transfer.pretrain.main "${train[@]}"
+# torchrun through tools/torchrun.py: SIGTERM / SIGUSR1 reach the workers, which save and stop;
+# the launcher then exits with their status (plain torchrun exits 1 with a traceback).
+exec "$PY" -m mae_transfer.tools.torchrun "${launcher[@]}" -m mae_transfer.pretrain.main "${train[@]}"
