@@ -11,7 +11,8 @@ shared cluster was unreadable for everyone else while the ``.pth`` beside it was
 
 ``atomic_torch_save`` writes through a Python file object rather than a path: torch's own file
 writer turns a full disk into a RuntimeError without the cause, a Python write raises
-``OSError(ENOSPC)`` that callers can report as "No space left on device".
+``OSError(ENOSPC)`` that callers can report as "No space left on device" (torch's zip writer
+then raises a RuntimeError of its own while closing; the ``OSError`` under it is raised instead).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def current_umask() -> int:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, fsync it, give it the umask's mode, and rename it over
-    ``path``; returns ``path``."""
+    ``path``; returns ``path``. An ``OSError`` of the write (a full disk) names ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -46,6 +47,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             os.fsync(f.fileno())
             os.fchmod(f.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename in (None, str(tmp), tmp):  # name the file being written, not its temp
+            exc.filename = str(path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -58,6 +63,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as exc:
+                raise _write_error(exc) from None
 
     return atomic_write(path, write)
+
+
+def _write_error(exc: RuntimeError) -> BaseException:
+    """The ``OSError`` behind torch's RuntimeError, if one is: when a write of ``torch.save``
+    fails, its zip writer's ``__exit__`` writes again and raises "unexpected pos ..." in place of
+    the ``OSError(ENOSPC)``, which stays only as the context. Else ``exc`` itself."""
+    cause = exc.__context__
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__context__
+    return cause if cause is not None else exc
