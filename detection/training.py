@@ -20,11 +20,15 @@ TensorBoard). What is ours:
   ``train.cpu_threads``: torch's thread count for CPU runs (0: torch's default);
 - a diverged run (Detectron2's ``FloatingPointError`` on a non-finite loss, box or score, or
   non-finite weights at a checkpoint) ends as one ``TrainingDiverged`` line naming the iteration;
-  no checkpoint of non-finite weights is written and ``last_checkpoint`` keeps its last good one.
+  no checkpoint of non-finite weights is written and ``last_checkpoint`` keeps its last good one;
+- a write that fails (a full disk while a checkpoint, ``coco_eval.json`` or a log is written) is
+  logged in one line, ends the run with that ``OSError`` (the metric writers' own failure after it
+  does not replace it), and ``last_checkpoint`` keeps the previous checkpoint (atomic writes).
 """
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Mapping, Optional
 
@@ -100,7 +104,15 @@ class AutocastTrainer(SimpleTrainer):
         if self.iter < self.max_iter:
             finishing = (hooks.PeriodicCheckpointer, hooks.EvalHook)
             self._hooks = [h for h in self._hooks if not isinstance(h, finishing)]
-        super().after_train()
+        failed = sys.exc_info()[1]  # the error that ended training, if one did
+        try:
+            super().after_train()
+        except OSError as exc:
+            if failed is None:
+                raise
+            # e.g. the metric writers' flush on the disk that is full: the first error is the one
+            # to report (it names the checkpoint that could not be written)
+            logger.warning("after the error, the metric writers failed too: %s", exc)
 
     def state_dict(self):
         state = super().state_dict()
@@ -200,7 +212,7 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
         start_iter = 0
     logger.info("training iterations %d..%d on %s (%s)", start_iter, cfg.train.max_iter - 1,
                 cfg.train.device, f"autocast {dtype}" if dtype else "fp32")
-    _log_divergence_in_one_line()
+    _log_errors_in_one_line()
     try:
         trainer.train(start_iter, cfg.train.max_iter)
     except TrainingDiverged:
@@ -210,23 +222,24 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
                        cfg.train.output_dir) from None
 
 
-class _OneLineDivergence(logging.Filter):
-    """Detectron2's train loop logs any exception with its traceback; a diverged run (a
-    ``FloatingPointError``, the user's lr rather than a bug) gets one line there instead."""
+class _OneLineErrors(logging.Filter):
+    """Detectron2's train loop logs any exception with its traceback. A diverged run (a
+    ``FloatingPointError``: the user's lr rather than a bug) and an ``OSError`` (a full disk;
+    ``tools/train_det.py`` reports it in one line, or Python its traceback) get one line there."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, FloatingPointError):
+        if isinstance(exc, (FloatingPointError, OSError)):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             record.msg = f"{record.getMessage()} {type(exc).__name__}: {first}"
             record.args, record.exc_info, record.exc_text = None, None, None
         return True
 
 
-def _log_divergence_in_one_line() -> None:
+def _log_errors_in_one_line() -> None:
     train_loop_logger = logging.getLogger("detectron2.engine.train_loop")
-    if not any(isinstance(f, _OneLineDivergence) for f in train_loop_logger.filters):
-        train_loop_logger.addFilter(_OneLineDivergence())
+    if not any(isinstance(f, _OneLineErrors) for f in train_loop_logger.filters):
+        train_loop_logger.addFilter(_OneLineErrors())
 
 
 def main(args) -> Optional[dict]:
