@@ -86,13 +86,20 @@ class OutputDirClaim:
         self.release()
 
 
+def _cannot_create(folder: str | os.PathLike, exc: OSError) -> OutputDirError:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return OutputDirError(f"output folder {folder} is not a folder (a file of that name "
+                              f"exists)")
+    return OutputDirError(f"cannot create output folder {folder}: {os_cause(exc)}")
+
+
 def _make_folder(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise OutputDirError(f"output folder {folder} is not a folder (a file of that name exists)")
     try:
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputDirError(f"cannot create output folder {folder}: {os_cause(exc)}") from None
+        raise _cannot_create(folder, exc) from None
 
 
 def _lock(folder: Path) -> int:
@@ -168,6 +175,8 @@ def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 
 
 def _fault_line(exc: OSError, folder: str | os.PathLike) -> OutputDirError:
+    if exc.filename and os.path.abspath(exc.filename) == os.path.abspath(folder):
+        return _cannot_create(folder, exc)  # the folder itself (its mkdir) failed
     name = f" {exc.filename}" if exc.filename else ""
     return OutputDirError(f"cannot write{name} into output folder {folder}: {os_cause(exc)}")
 

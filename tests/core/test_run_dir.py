@@ -113,6 +113,8 @@ def test_output_fault_tells_the_folders_writes_from_other_errors(tmp_path):
     assert output_fault(OSError(errno.EINVAL, "Invalid argument"), out) is None
     assert output_fault(OSError(errno.ENOSPC, "x", str(tmp_path / "outside")), out) is None
     assert output_fault(ValueError("no OSError"), out) is None
+    assert str(output_fault(NotADirectoryError(errno.ENOTDIR, "Not a directory", str(out)),
+                            out)) == f"cannot create output folder {out}: Not a directory"
     with pytest.raises(OutputDirError, match=f"cannot write {out}/log.txt into output folder"):
         with writing_into(out, only_output_faults=True):
             raise OSError(errno.EROFS, "Read-only file system", str(out / "log.txt"))

@@ -44,9 +44,12 @@ def test_a_full_disk_mid_run_keeps_the_last_checkpoint(ade_root, tmp_path, disk_
     below_a_file = tmp_path / "file" / "res" / "r.json"
     assert run("--data-root", ade_root, "--eval-only", "--checkpoint", work / "iter_2.pth",
                "--out", below_a_file) == 2
-    assert capsys.readouterr().err.startswith(
-        f"error: OutputDirError: cannot write {tmp_path / 'file' / 'res'} into output folder "
-        f"{below_a_file.parent}: Not a directory")
+    assert capsys.readouterr().err == (f"error: OutputDirError: cannot create output folder "
+                                       f"{below_a_file.parent}: Not a directory\n")
+    assert run("--data-root", ade_root, "--eval-only", "--checkpoint", work / "iter_2.pth",
+               "--out", tmp_path / "file" / "r.json") == 2
+    assert capsys.readouterr().err == (f"error: OutputDirError: output folder {tmp_path / 'file'} "
+                                       f"is not a folder (a file of that name exists)\n")
 
 
 @pytest.mark.slow
