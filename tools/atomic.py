@@ -35,6 +35,14 @@ def current_umask() -> int:
     return mask
 
 
+def error_code(exc: OSError) -> int | None:
+    """The errno of ``exc``, also of one made with an errno alone (``OSError(errno.ENOSPC)``
+    sets neither ``errno`` nor ``strerror``)."""
+    if exc.errno is None and len(exc.args) == 1 and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return exc.errno
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, fsync it, give it the umask's mode, and rename it over
     ``path``; returns ``path``. An ``OSError`` of the write (a full disk) names ``path``."""
@@ -48,8 +56,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             os.fchmod(f.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as exc:
-        if exc.filename in (None, str(tmp), tmp):  # name the file being written, not its temp
-            exc.filename = str(path)
+        code = error_code(exc)
+        if code is not None and exc.filename in (None, str(tmp), tmp):
+            # name the file being written, not its temporary (and a bare OSError(ENOSPC) its cause)
+            raise OSError(code, exc.strerror or os.strerror(code), str(path)) from exc
         raise
     finally:
         if tmp.exists():

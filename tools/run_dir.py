@@ -29,6 +29,8 @@ import os
 from pathlib import Path
 from typing import Iterator, List, Sequence
 
+from mae_transfer.tools.atomic import error_code
+
 logger = logging.getLogger("mae_transfer.run_dir")
 
 #: The lock file a running run holds in its output folder (never a run result itself).
@@ -42,18 +44,12 @@ class OutputDirError(ValueError):
     """An output folder that cannot be used or written; the message is one line that says why."""
 
 
-def _error_code(exc: OSError) -> int | None:
-    if exc.errno is None and len(exc.args) == 1 and isinstance(exc.args[0], int):
-        return exc.args[0]  # OSError(errno.ENOSPC) sets neither errno nor strerror
-    return exc.errno
-
-
 def os_cause(exc: OSError) -> str:
     """The reason of an ``OSError`` in words ("No space left on device"), also for one made with
     an errno alone (``OSError(errno.ENOSPC)`` has neither ``strerror`` nor ``errno`` set)."""
     if exc.strerror:
         return exc.strerror
-    code = _error_code(exc)
+    code = error_code(exc)
     if code:
         return os.strerror(code)
     return str(exc) or type(exc).__name__
@@ -194,7 +190,7 @@ def output_fault(exc: BaseException, *folders: str | os.PathLike) -> OutputDirEr
     if isinstance(exc.filename, (str, os.PathLike)):
         inside = [f for f in folders if _inside(exc.filename, f)]
         return _fault_line(exc, inside[0]) if inside else None
-    return _fault_line(exc, folders[0]) if _error_code(exc) in WRITE_FAULTS else None
+    return _fault_line(exc, folders[0]) if error_code(exc) in WRITE_FAULTS else None
 
 
 @contextlib.contextmanager
