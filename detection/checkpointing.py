@@ -4,7 +4,8 @@ Two different things are called "checkpoint" in a detection run:
 
 - training checkpoints (model + optimizer + scheduler + iteration) for ``--resume``: Detectron2's
   ``DetectionCheckpointer``, made atomic here (fvcore writes the final file in place, so a crash
-  or a full disk mid-write leaves a truncated ``model_final.pth`` behind), and refused for
+  or a full disk mid-write leaves a truncated ``model_final.pth`` behind; a full disk is an
+  ``OSError`` naming the file, ``tools/train_det.py`` reports it in one line), and refused for
   non-finite weights (``tools.divergence``: a diverged run keeps its last good checkpoint);
 - initial weights (``train.init_checkpoint``): a pretrained ViT in any layout the one reader
   (``backbones.checkpoint_reader``, docs/checkpoints.md) reads (MAE, timm, ours, Detectron2 or
@@ -26,7 +27,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from mae_transfer.backbones.loading import check_coverage
 from mae_transfer.backbones.checkpoint_reader import CheckpointReport, Weights, read_weights
-from mae_transfer.tools.atomic import atomic_write
+from mae_transfer.tools.atomic import atomic_torch_save, atomic_write
 from mae_transfer.tools.divergence import diverged, first_non_finite
 
 logger = logging.getLogger("mae_transfer.detection")
@@ -50,7 +51,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        atomic_write(path, lambda tmp: torch.save(data, tmp))
+        atomic_torch_save(data, path)  # a full disk: OSError(ENOSPC), not torch's RuntimeError
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:

@@ -24,10 +24,14 @@ TensorBoard). What is ours:
 - an image the data loader cannot read (``DatasetError`` from ``detection/mapper.py``) is one line
   in the train loop's log too, and a training split without annotations is one line naming its
   json (``build_train_loader``).
+- a write that fails (a full disk while a checkpoint, ``coco_eval.json`` or a log is written) is
+  logged in one line, ends the run with that ``OSError`` (the metric writers' own failure after it
+  does not replace it), and ``last_checkpoint`` keeps the previous checkpoint (atomic writes).
 """
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Mapping, Optional
 
@@ -104,7 +108,15 @@ class AutocastTrainer(SimpleTrainer):
         if self.iter < self.max_iter:
             finishing = (hooks.PeriodicCheckpointer, hooks.EvalHook)
             self._hooks = [h for h in self._hooks if not isinstance(h, finishing)]
-        super().after_train()
+        failed = sys.exc_info()[1]  # the error that ended training, if one did
+        try:
+            super().after_train()
+        except OSError as exc:
+            if failed is None:
+                raise
+            # e.g. the metric writers' flush on the disk that is full: the first error is the one
+            # to report (it names the checkpoint that could not be written)
+            logger.warning("after the error, the metric writers failed too: %s", exc)
 
     def state_dict(self):
         state = super().state_dict()
@@ -215,13 +227,14 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
 
 
 class _OneLineErrors(logging.Filter):
-    """Detectron2's train loop logs any exception with its traceback; a diverged run (a
-    ``FloatingPointError``, the user's lr rather than a bug) and an image the data loader cannot
-    read (a ``DatasetError``) get one line there instead."""
+    """Detectron2's train loop logs any exception with its traceback. A diverged run (a
+    ``FloatingPointError``: the user's lr rather than a bug), an image the data loader cannot read
+    (a ``DatasetError``) and an ``OSError`` (a full disk; ``tools/train_det.py`` reports it in one
+    line) get one line there instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (FloatingPointError, DatasetError)):
+        if isinstance(exc, (FloatingPointError, DatasetError, OSError)):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             record.msg = f"{record.getMessage()} {type(exc).__name__}: {first}"
             record.args, record.exc_info, record.exc_text = None, None, None

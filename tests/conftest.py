@@ -63,3 +63,24 @@ def reader_reads(monkeypatch):
     monkeypatch.setattr(files_module, "_torch_load",
                         lambda p: reads["file"].append(Path(p)) or torch_load(p))
     return reads
+
+
+@pytest.fixture
+def disk_full_for(monkeypatch):
+    """``disk_full_for("iter_40.pth")``: from then on, writing a file of that name (a glob) through
+    ``tools.atomic.atomic_write`` fails as on a full disk: its ``os.fsync`` raises
+    ``OSError(ENOSPC)`` (a bare one, as some writers raise it: no file name, no strerror)."""
+    import errno
+    import fnmatch
+
+    real_fsync, patterns = os.fsync, []
+
+    def fsync(fd):
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        target = name[1:].rsplit(".tmp", 1)[0] if name.startswith(".") else name  # .NAME.tmpPID
+        if any(fnmatch.fnmatch(target, p) for p in patterns):
+            raise OSError(errno.ENOSPC)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return patterns.append

@@ -11,7 +11,8 @@ shared cluster was unreadable for everyone else while the ``.pth`` beside it was
 
 ``atomic_torch_save`` writes through a Python file object rather than a path: torch's own file
 writer turns a full disk into a RuntimeError without the cause, a Python write raises
-``OSError(ENOSPC)`` that callers can report as "No space left on device".
+``OSError(ENOSPC)`` that callers can report as "No space left on device" (torch's zip writer
+then raises a RuntimeError of its own while closing; the ``OSError`` under it is raised instead).
 """
 from __future__ import annotations
 
@@ -34,9 +35,17 @@ def current_umask() -> int:
     return mask
 
 
+def error_code(exc: OSError) -> int | None:
+    """The errno of ``exc``, also of one made with an errno alone (``OSError(errno.ENOSPC)``
+    sets neither ``errno`` nor ``strerror``)."""
+    if exc.errno is None and len(exc.args) == 1 and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return exc.errno
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, fsync it, give it the umask's mode, and rename it over
-    ``path``; returns ``path``."""
+    ``path``; returns ``path``. An ``OSError`` of the write (a full disk) names ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -46,6 +55,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             os.fsync(f.fileno())
             os.fchmod(f.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        code = error_code(exc)
+        if code is not None and exc.filename in (None, str(tmp), tmp):
+            # name the file being written, not its temporary (and a bare OSError(ENOSPC) its cause)
+            raise OSError(code, exc.strerror or os.strerror(code), str(path)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -58,6 +73,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as exc:
+                raise _write_error(exc) from None
 
     return atomic_write(path, write)
+
+
+def _write_error(exc: RuntimeError) -> BaseException:
+    """The ``OSError`` behind torch's RuntimeError, if one is: when a write of ``torch.save``
+    fails, its zip writer's ``__exit__`` writes again and raises "unexpected pos ..." in place of
+    the ``OSError(ENOSPC)``, which stays only as the context. Else ``exc`` itself."""
+    cause = exc.__context__
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__context__
+    return cause if cause is not None else exc

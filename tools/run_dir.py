@@ -14,7 +14,10 @@ into one folder. Three faults are refused here, in one place, before any work is
   the last process holding the file open dies, so a crashed run never leaves a stale lock.
 
 ``writing_into(folder)`` turns an ``OSError`` of a later write (a full disk, above all) into the
-same kind of one-line error, naming the folder and the cause ("No space left on device").
+same kind of one-line error, naming the folder and the cause ("No space left on device");
+``output_fault`` tells such an error apart from others (an input that cannot be read) where a
+whole training run is wrapped (``writing_into(..., only_output_faults=True)``: the detection and
+segmentation entry points).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import logging
 import os
 from pathlib import Path
 from typing import Iterator, List, Sequence
+
+from mae_transfer.tools.atomic import error_code
 
 logger = logging.getLogger("mae_transfer.run_dir")
 
@@ -44,9 +49,7 @@ def os_cause(exc: OSError) -> str:
     an errno alone (``OSError(errno.ENOSPC)`` has neither ``strerror`` nor ``errno`` set)."""
     if exc.strerror:
         return exc.strerror
-    code = exc.errno
-    if code is None and len(exc.args) == 1 and isinstance(exc.args[0], int):
-        code = exc.args[0]
+    code = error_code(exc)
     if code:
         return os.strerror(code)
     return str(exc) or type(exc).__name__
@@ -79,13 +82,20 @@ class OutputDirClaim:
         self.release()
 
 
+def _cannot_create(folder: str | os.PathLike, exc: OSError) -> OutputDirError:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return OutputDirError(f"output folder {folder} is not a folder (a file of that name "
+                              f"exists)")
+    return OutputDirError(f"cannot create output folder {folder}: {os_cause(exc)}")
+
+
 def _make_folder(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise OutputDirError(f"output folder {folder} is not a folder (a file of that name exists)")
     try:
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputDirError(f"cannot create output folder {folder}: {os_cause(exc)}") from None
+        raise _cannot_create(folder, exc) from None
 
 
 def _lock(folder: Path) -> int:
@@ -150,13 +160,53 @@ def claim_output_dir(path: str | os.PathLike, resume: bool, overwrite: bool,
     return claim
 
 
+#: errno values of a write that the folder cannot take, whichever file it was: a full disk or
+#: quota, a read-only filesystem, a file past the filesystem's size limit.
+WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _fault_line(exc: OSError, folder: str | os.PathLike) -> OutputDirError:
+    if exc.filename and os.path.abspath(exc.filename) == os.path.abspath(folder):
+        return _cannot_create(folder, exc)  # the folder itself (its mkdir) failed
+    name = f" {exc.filename}" if exc.filename else ""
+    return OutputDirError(f"cannot write{name} into output folder {folder}: {os_cause(exc)}")
+
+
+def output_fault(exc: BaseException, *folders: str | os.PathLike) -> OutputDirError | None:
+    """The one-line ``OutputDirError`` for ``exc`` if it is a fault of writing into one of
+    ``folders`` (the first is named when the error names no file), else None.
+
+    A fault: an ``OSError`` about a file inside a folder (a missing parent, a path under a regular
+    file, no permission, a full disk), or a ``WRITE_FAULTS`` error that names no file (a log file's
+    flush on a full disk). Other ``OSError``s (an input that cannot be read) are not the folder's.
+    """
+    if not isinstance(exc, OSError) or not folders:
+        return None
+    if isinstance(exc.filename, (str, os.PathLike)):
+        inside = [f for f in folders if _inside(exc.filename, f)]
+        return _fault_line(exc, inside[0]) if inside else None
+    return _fault_line(exc, folders[0]) if error_code(exc) in WRITE_FAULTS else None
+
+
 @contextlib.contextmanager
-def writing_into(folder: str | os.PathLike) -> Iterator[None]:
-    """Turn an ``OSError`` raised inside into an ``OutputDirError`` naming ``folder``, the file
-    and the cause (a full disk reads "No space left on device")."""
+def writing_into(folder: str | os.PathLike, *more: str | os.PathLike,
+                 only_output_faults: bool = False) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside into an ``OutputDirError`` naming the folder, the file
+    and the cause (a full disk reads "No space left on device").
+
+    ``only_output_faults``: the block also reads inputs (a whole training run): only the errors
+    ``output_fault`` recognises as writes into ``folder`` (or the ``more`` folders) are
+    converted; any other ``OSError`` goes on unchanged.
+    """
     try:
         yield
     except OSError as exc:
-        name = f" {exc.filename}" if exc.filename else ""
-        raise OutputDirError(f"cannot write{name} into output folder {folder}: "
-                             f"{os_cause(exc)}") from None
+        fault = output_fault(exc, folder, *more)
+        if fault is None and only_output_faults:
+            raise
+        raise (fault or _fault_line(exc, folder)) from None

@@ -21,14 +21,17 @@ Outputs in ``train.output_dir``: log.txt, config.yaml, metrics.json, TensorBoard
 ``inference/`` (per-evaluation JSON, COCO-format predictions). A folder that holds another run
 (``last_checkpoint``, ``model_*.pth``, ``metrics.json``) is refused unless ``--resume`` continues
 it or ``--overwrite`` replaces it; one in use by a running training is refused. Bad input (a
-missing file, a broken annotation, a checkpoint that does not fit) ends with one ``error:`` line
-and exit status 2.
+missing file, a broken annotation, a checkpoint that does not fit) and an output folder that
+cannot be written (missing and not creatable, read-only, a disk that fills up mid-run) end with one
+``error:`` line naming the file or folder and exit status 2; a failed checkpoint write leaves the
+previous checkpoint the latest.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,8 +43,8 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from mae_transfer.detection.cli import add_dataset_arguments, run_reporting_input_errors  # noqa: E402
 from mae_transfer.detection.config_overrides import load_config  # noqa: E402
 from mae_transfer.detection.training import main as run_process  # noqa: E402
-from mae_transfer.tools.run_dir import OutputDirError, claim_output_dir  # noqa: E402
-from detectron2.config import LazyConfig  # noqa: E402
+from mae_transfer.tools.run_dir import (OutputDirError, claim_output_dir,  # noqa: E402
+                                        writing_into)
 
 #: What marks ``train.output_dir`` as holding a run: a new run there needs --resume or --overwrite.
 RUN_FILES = ("last_checkpoint", "model_*.pth", "metrics.json")
@@ -69,22 +72,27 @@ def parse_args(argv=None):
     return args
 
 
-def claim_output(args):
+def output_dir(args) -> str:
+    """``train.output_dir`` of the config with the overrides (a bad override: one line)."""
+    return load_config(args.config_file, args.opts).train.output_dir
+
+
+def claim_output(args, folder: Optional[str] = None):
     """Training claims ``train.output_dir`` (``tools.run_dir``) in the launching process of
     machine 0, for the whole run; evaluation and other machines claim nothing."""
     if args.eval_only or args.machine_rank != 0:
         return contextlib.nullcontext()
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
-    return claim_output_dir(cfg.train.output_dir, resume=args.resume, overwrite=args.overwrite,
-                            run_files=RUN_FILES)
+    return claim_output_dir(folder or output_dir(args), resume=args.resume,
+                            overwrite=args.overwrite, run_files=RUN_FILES)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
 
     def run():
-        load_config(args.config_file, args.opts)  # a bad override: one line before any process
-        with claim_output(args):
+        folder = output_dir(args)  # a bad override: one line before any process starts
+        # a write into the folder that fails (full disk, no permission): one line, not a traceback
+        with claim_output(args, folder), writing_into(folder, only_output_faults=True):
             launch(run_process, args.num_gpus, num_machines=args.num_machines,
                    machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 

@@ -12,9 +12,11 @@ or ``--overwrite`` replaces it; one in use by a running training is refused.
 Configs live in segmentation/configs/ (ViT-B / ViT-L on ADE20K, a tiny CPU one). Validation runs
 during training (IoUMetric: mIoU and the per-class table) and each result is written as JSON under
 <work-dir>/val_results/; --eval-only writes <work-dir>/test_results.json. Errors about the inputs
-(missing files, bad layout, bad checkpoint, an unknown --cfg-options key) are one line on stderr
-with exit status 2; a non-finite loss stops training with one line and exit status 3, leaving
-``last_checkpoint`` at the last good checkpoint.
+(missing files, bad layout, bad checkpoint, an unknown --cfg-options key) and a work dir (or
+--out file) that cannot be written (missing and not creatable, read-only, a disk that fills up
+mid-run: the previous checkpoint stays the latest) are one line on stderr with exit status 2; a
+non-finite loss stops training with one line and exit status 3, leaving ``last_checkpoint`` at
+the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from mae_transfer import segmentation  # noqa: E402
 segmentation.setup()  # the framework fixes (segmentation/compat.py), before any mmseg import
 import mae_transfer.segmentation.registration  # noqa: E402,F401  (MAEViT, the dataset, ...)
 from mae_transfer.segmentation import entry  # noqa: E402
-from mae_transfer.tools.run_dir import claim_output_dir  # noqa: E402
+from mae_transfer.tools.run_dir import claim_output_dir, writing_into  # noqa: E402
 from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
 from mae_transfer.tools.divergence import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 
@@ -68,7 +70,9 @@ def main(argv=None) -> int:
     try:
         cfg = entry.load_config(args)
         if args.eval_only:
-            record = entry.run_test(cfg, args.checkpoint, args.out)
+            out_folder = os.path.dirname(os.path.abspath(args.out)) if args.out else cfg.work_dir
+            with writing_into(cfg.work_dir, out_folder, only_output_faults=True):
+                record = entry.run_test(cfg, args.checkpoint, args.out)
             print(f"test: {entry.format_metrics(record)}")
             return 0
         if args.pretrained:
@@ -78,7 +82,8 @@ def main(argv=None) -> int:
             cfg.compile = True  # a compile dict from --cfg-options (e.g. backend=...) is kept
         with (claim_output_dir(cfg.work_dir, resume=args.resume is not None,
                                overwrite=args.overwrite, run_files=RUN_FILES)
-              if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext()):
+              if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext()), \
+                writing_into(cfg.work_dir, only_output_faults=True):  # a full disk: one line
             record = entry.run_train(cfg)
         if record:
             print(f"final validation (iter {record['iter']}): {entry.format_metrics(record)}")

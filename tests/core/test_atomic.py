@@ -61,3 +61,28 @@ def test_converted_safetensors_follow_the_umask(tmp_path, umask):
     src = write_checkpoint(vit.state_dict(), tmp_path / "src.pth", "timm")
     convert(str(src), str(tmp_path / "out.safetensors"), "ours")
     assert stat.S_IMODE((tmp_path / "out.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_full_disk_in_torch_save_is_the_os_error_naming_the_file(tmp_path, monkeypatch):
+    """torch's zip writer answers a failed write with a RuntimeError of its own ("unexpected
+    pos ...") while closing; the caller gets the ``OSError(ENOSPC)`` under it, naming the target."""
+    import errno
+    import io
+
+    import mae_transfer.tools.atomic as atomic
+
+    class FullAfter1kB(io.FileIO):
+        def write(self, data):
+            if self.tell() + len(data) > 1024:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    path = tmp_path / "ckpt.pth"
+    path.write_text("good")
+    monkeypatch.setattr(atomic, "open", lambda p, mode: FullAfter1kB(p, "w"), raising=False)
+    with pytest.raises(OSError) as err:
+        atomic_torch_save({"w": torch.zeros(4096)}, path)
+    assert (err.value.errno, err.value.strerror, err.value.filename) == (
+        errno.ENOSPC, "No space left on device", str(path))
+    assert path.read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]

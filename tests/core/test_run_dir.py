@@ -96,3 +96,25 @@ def test_a_filesystem_without_locks_warns_and_goes_ahead(tmp_path, monkeypatch, 
         pass
     assert f"output folder {tmp_path}: this filesystem has no file locks (No locks available)" \
         in caplog.text
+
+
+def test_output_fault_tells_the_folders_writes_from_other_errors(tmp_path):
+    from mae_transfer.tools.run_dir import output_fault
+
+    out, extra = tmp_path / "out", tmp_path / "results"
+    assert str(output_fault(OSError(errno.ENOSPC), out, extra)) == (
+        f"cannot write into output folder {out}: No space left on device")
+    inside = OSError(errno.EACCES, "Permission denied", str(extra / "r.json"))
+    assert str(output_fault(inside, out, extra)) == (
+        f"cannot write {extra}/r.json into output folder {extra}: Permission denied")
+    # an input that cannot be read, or an error that is no write fault: not the folder's
+    assert output_fault(FileNotFoundError(errno.ENOENT, "No such file", str(tmp_path / "a.json")),
+                        out) is None
+    assert output_fault(OSError(errno.EINVAL, "Invalid argument"), out) is None
+    assert output_fault(OSError(errno.ENOSPC, "x", str(tmp_path / "outside")), out) is None
+    assert output_fault(ValueError("no OSError"), out) is None
+    assert str(output_fault(NotADirectoryError(errno.ENOTDIR, "Not a directory", str(out)),
+                            out)) == f"cannot create output folder {out}: Not a directory"
+    with pytest.raises(OutputDirError, match=f"cannot write {out}/log.txt into output folder"):
+        with writing_into(out, only_output_faults=True):
+            raise OSError(errno.EROFS, "Read-only file system", str(out / "log.txt"))

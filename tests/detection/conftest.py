@@ -18,3 +18,24 @@ def coco_mini(repo_root) -> Path:
     if not (coco / "annotations" / "instances_val2017.json").is_file():
         pytest.skip(f"needs the real COCO sample in {coco} (not present on this machine)")
     return coco
+
+
+@pytest.fixture
+def fresh_detectron2_loggers():
+    """Removes the log handlers an in-process ``tools/train_det.py`` run adds (Detectron2's
+    ``setup_logger``: one per output folder, bound to the ``sys.stdout`` of that moment). A handler
+    left bound to a closed ``capsys`` stream makes every later log line a "Logging error"
+    traceback, breaking the next test's one-line-error checks."""
+    import logging
+
+    from detectron2.utils.logger import setup_logger
+
+    names = ("detectron2", "fvcore", "mae_transfer")
+    before = {n: list(logging.getLogger(n).handlers) for n in names}
+    yield
+    for name in names:
+        log = logging.getLogger(name)
+        for handler in [h for h in log.handlers if h not in before[name]]:
+            log.removeHandler(handler)
+            handler.close()
+    setup_logger.cache_clear()

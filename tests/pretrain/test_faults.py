@@ -155,8 +155,8 @@ def test_a_full_disk_is_one_line_naming_the_folder(images, tmp_path, capsys, mon
 
     monkeypatch.setattr(torch, "save", full)
     assert run(images, tmp_path, "--steps_per_epoch", 1) == 2
-    assert capsys.readouterr().err == (f"error: cannot write into output folder {tmp_path}: "
-                                       f"No space left on device\n")
+    assert capsys.readouterr().err == (f"error: cannot write {tmp_path / 'checkpoint-last.pth'} "
+                                       f"into output folder {tmp_path}: No space left on device\n")
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
