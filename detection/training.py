@@ -209,13 +209,12 @@ class StopOnRequest(hooks.HookBase):
         raise StopTraining(iteration)
 
 
-def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
+def do_train(cfg, args, model: torch.nn.Module, train_loader, stop: StopRequest) -> None:
     optimizer = build_optimizer(cfg, model)
     dtype = amp_dtype(cfg)
     trainer = AutocastTrainer(create_ddp_model(model, **ddp_options(cfg)), train_loader, optimizer,
                               amp_dtype=dtype, device_type=str(cfg.train.device).split(":")[0])
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
-    stop = StopRequest()
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
@@ -245,7 +244,6 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
     logger.info("training iterations %d..%d on %s (%s)", start_iter, cfg.train.max_iter - 1,
                 cfg.train.device, f"autocast {dtype}" if dtype else "fp32")
     _log_divergence_in_one_line()
-    stop.install()  # SIGTERM / SIGUSR1 from here on: a checkpoint and exit 0
     try:
         trainer.train(start_iter, cfg.train.max_iter)
     except StopTraining:
@@ -255,8 +253,6 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
     except FloatingPointError as exc:  # Detectron2's checks: a non-finite loss, boxes or scores
         raise diverged(f"iteration {trainer.iter}", str(exc).strip().splitlines()[0],
                        cfg.train.output_dir) from None
-    finally:
-        stop.uninstall()
 
 
 def latest_checkpoint(checkpointer, resume: bool) -> Optional[str]:
@@ -295,8 +291,13 @@ def main(args) -> Optional[dict]:
         else:
             load_init_checkpoint(model, cfg.train.init_checkpoint)
         return evaluate(cfg, model)
-    # Data first: a broken dataset is reported before minutes of building a large model.
-    train_loader = instantiate(cfg.dataloader.train)  # loads the train json (sets its classes)
-    check_num_classes(cfg.dataloader.train.dataset.names, cfg.model.roi_heads.num_classes)
-    do_train(cfg, args, build_model(cfg), train_loader)
+    # SIGTERM / SIGUSR1 from here on: remembered, and acted on after the first step it meets
+    stop = StopRequest().install()
+    try:
+        # Data first: a broken dataset is reported before minutes of building a large model.
+        train_loader = instantiate(cfg.dataloader.train)  # loads the train json (its classes)
+        check_num_classes(cfg.dataloader.train.dataset.names, cfg.model.roi_heads.num_classes)
+        do_train(cfg, args, build_model(cfg), train_loader, stop)
+    finally:
+        stop.uninstall()
     return None
