@@ -12,7 +12,11 @@ TensorBoard). What is ours:
   GradScaler) on GPU, in fp32 on CPU; Detectron2's ``AMPTrainer`` is fp16-only, CUDA-only and its
   API differs across versions;
 - ``train.init_checkpoint`` loads any ViT checkpoint into ``model.backbone.net``
-  (``detection.checkpointing``); ``--resume`` restores model, optimizer, scheduler, iteration;
+  (``detection.checkpointing``); ``--resume`` restores model, optimizer, scheduler, iteration,
+  from the one checkpoint rank 0 chose for every process (``detection.resume``);
+- SIGTERM / SIGUSR1 (``tools.preemption``): ``StopOnRequest`` stops every process after the
+  same step, rank 0 saves ``model_<iter>.pth``, the run returns normally (exit status 0);
+- on a CPU, DDP without device ids or fp16 gradient compression (gloo: ``detection.launch``);
 - optional ``train.compile``: ``torch.compile`` of each ViT block in place (names unchanged;
   ``True`` or a dict of ``torch.compile`` keyword arguments);
 - ``train.amp.cpu=True``: the bf16 autocast path on a CPU (tests of the GPU path; off by default,

@@ -2,7 +2,8 @@
 
 Two processes, the tiny config, the generated shapes set: evaluation equals one process, training
 writes each checkpoint once and resumes where it stopped, SIGTERM stops with a checkpoint and exit
-0, a torchrun launch is one line, and the resume decision / stop agreement of rank 0 reaches rank 1.
+0, a torchrun launch and an error in the processes are one line each, and the resume decision /
+stop agreement of rank 0 reaches rank 1.
 """
 import json
 import os
@@ -123,6 +124,16 @@ def test_started_by_torchrun_is_one_line_naming_the_flag(shapes_dataset, tmp_pat
         "processes; run it once per machine with --num-gpus 2 (several machines: "
         "--num-machines M --machine-rank R --dist-url tcp://HOST:PORT)"]
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_an_error_in_the_processes_is_one_line_from_the_launcher(shapes_dataset, tmp_path):
+    missing = tmp_path / "missing.pth"
+    run = train_det(shapes_dataset["coco"], tmp_path / "run", f"train.init_checkpoint={missing}",
+                    flags=["--num-gpus", "2"])
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert [line for line in run.stderr.splitlines() if line.startswith("error")] == [
+        f"error: no checkpoint file at {missing}"]  # both processes failed; printed once
 
 
 def test_more_gpus_than_visible_is_one_line(monkeypatch):
