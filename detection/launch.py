@@ -39,7 +39,7 @@ from detectron2.engine import launch as detectron2_launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from mae_transfer.detection.cli import UsageError, error_report  # noqa: E402
-from mae_transfer.tools.preemption import STOP_SIGNALS  # noqa: E402
+from mae_transfer.tools.preemption import SCHEDULER_SIGNALS  # noqa: E402
 
 #: How long a process waits for the others in a collective before failing.
 TIMEOUT = timedelta(minutes=30)
@@ -138,7 +138,7 @@ def forwarding_stop_signals() -> Iterator[None]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, forward) for sig in SCHEDULER_SIGNALS}
     try:
         yield
     finally:

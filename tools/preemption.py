@@ -26,7 +26,7 @@ import torch.distributed as dist
 logger = logging.getLogger("mae_transfer.preemption")
 
 #: What a scheduler sends to ask for a clean stop.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SCHEDULER_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
@@ -36,7 +36,7 @@ class StopRequest:
         self._requested = False
         self._previous: Dict[int, object] = {}
 
-    def install(self, signals: Iterable[int] = STOP_SIGNALS) -> "StopRequest":
+    def install(self, signals: Iterable[int] = SCHEDULER_SIGNALS) -> "StopRequest":
         """Handle ``signals`` by setting the flag (the previous handlers come back on
         ``uninstall``). Only the main thread can handle signals: elsewhere this warns and
         installs nothing."""
@@ -56,10 +56,6 @@ class StopRequest:
         if not self._requested:
             logger.warning("received %s: stopping after this step with a checkpoint",
                            signal.Signals(signum).name)
-        self._requested = True
-
-    def request(self) -> None:
-        """Ask for a stop without a signal (tests, or a time budget)."""
         self._requested = True
 
     def requested(self) -> bool:

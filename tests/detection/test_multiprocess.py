@@ -170,7 +170,7 @@ def test_stop_request_is_set_by_sigterm_and_sigusr1_and_restores_handlers():
 #: Two gloo processes: rank 0's resume choice reaches rank 1 (which finds another file itself);
 #: a rank that cannot read it stops both with one line; one rank's stop request stops both.
 RANKS_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, os, signal, sys
     import torch.distributed as dist
     from mae_transfer.detection import resume
     from mae_transfer.tools.preemption import StopRequest
@@ -183,10 +183,10 @@ RANKS_SCRIPT = textwrap.dedent("""
         resume.decide_resume(lambda: f"{folder}/rank{rank}.pth")
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
-    stop = StopRequest()
+    stop = StopRequest().install()
     result["agree_none"] = stop.agree()
     if rank == 1:
-        stop.request()
+        os.kill(os.getpid(), signal.SIGUSR1)  # only rank 1 is signalled
     result["agree_one"] = stop.agree()
     json.dump(result, open(f"{folder}/result{rank}.json", "w"))
 """)
