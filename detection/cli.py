@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -54,17 +54,26 @@ def register_datasets(args) -> None:
         logger.info("registered %s from %s", ", ".join(names), spec)
 
 
+def error_report(exc: BaseException) -> Optional[Tuple[int, str]]:
+    """``(exit status, one line)`` for an error the entry points report without a traceback: 2
+    for bad input, 3 for a diverged training run; None for anything else (a bug: traceback)."""
+    if isinstance(exc, INPUT_ERRORS):
+        return 2, f"error: {exc}"
+    if isinstance(exc, TrainingDiverged):
+        return EXIT_DIVERGED, f"error: {exc}"
+    return None
+
+
 def run_reporting_input_errors(main: Callable[[], object]) -> int:
-    """Run ``main``; 0 on success, 2 with one ``error:`` line on stderr for bad input, 3 (one
-    line) for a diverged training run."""
+    """Run ``main``; 0 on success, else the status of ``error_report`` with its line on stderr."""
     try:
         main()
-    except INPUT_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_DIVERGED
+    except Exception as exc:
+        report = error_report(exc)
+        if report is None:
+            raise
+        print(report[1], file=sys.stderr)
+        return report[0]
     return 0
 
 

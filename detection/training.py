@@ -12,7 +12,11 @@ TensorBoard). What is ours:
   GradScaler) on GPU, in fp32 on CPU; Detectron2's ``AMPTrainer`` is fp16-only, CUDA-only and its
   API differs across versions;
 - ``train.init_checkpoint`` loads any ViT checkpoint into ``model.backbone.net``
-  (``detection.checkpointing``); ``--resume`` restores model, optimizer, scheduler, iteration;
+  (``detection.checkpointing``); ``--resume`` restores model, optimizer, scheduler, iteration,
+  from the one checkpoint rank 0 chose for every process (``detection.resume``);
+- SIGTERM / SIGUSR1 (``tools.preemption``): ``StopOnRequest`` stops every process after the
+  same step, rank 0 saves ``model_<iter>.pth``, the run returns normally (exit status 0);
+- on a CPU, DDP without device ids or fp16 gradient compression (gloo: ``detection.launch``);
 - optional ``train.compile``: ``torch.compile`` of each ViT block in place (names unchanged;
   ``True`` or a dict of ``torch.compile`` keyword arguments);
 - ``train.amp.cpu=True``: the bf16 autocast path on a CPU (tests of the GPU path; off by default,
@@ -54,7 +58,10 @@ from mae_transfer.detection.config_overrides import load_config  # noqa: E402
 from mae_transfer.detection.datasets import (DatasetError, check_num_classes,  # noqa: E402
                                              no_training_data)
 from mae_transfer.detection.evaluation import evaluate  # noqa: E402
+from mae_transfer.detection.launch import no_gpu_message  # noqa: E402
+from mae_transfer.detection.resume import decide_resume  # noqa: E402
 from mae_transfer.tools.divergence import TrainingDiverged, diverged  # noqa: E402
+from mae_transfer.tools.preemption import StopRequest  # noqa: E402
 
 logger = logging.getLogger("mae_transfer.detection")
 
@@ -176,7 +183,7 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     device = str(cfg.train.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"train.device={device} but no GPU is visible; pass train.device=cpu")
+        raise UsageError(no_gpu_message(device))
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="mae_transfer")
     apply_cpu_threads(cfg, cfg.train.device)
@@ -184,10 +191,48 @@ def setup(args):
     return cfg
 
 
-def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
+def ddp_options(cfg) -> dict:
+    """``train.ddp`` for ``create_ddp_model``; on a CPU (gloo) without ``device_ids`` (Detectron2
+    would pass the local rank as a GPU index) and without fp16 gradient compression."""
+    options = dict(cfg.train.ddp)
+    if not str(cfg.train.device).startswith("cuda"):
+        options.update(device_ids=None, fp16_compression=False)
+    return options
+
+
+class StopTraining(BaseException):
+    """Raised by ``StopOnRequest`` to leave Detectron2's train loop after a step. Not an
+    ``Exception``: the loop logs those with a traceback; this one only runs ``after_train``."""
+
+    def __init__(self, iteration: int):
+        super().__init__(iteration)
+        self.iteration = iteration
+
+
+class StopOnRequest(hooks.HookBase):
+    """After every step, ``stop.agree()`` (one all-reduce): if any process got SIGTERM / SIGUSR1,
+    rank 0 saves ``model_<iter>.pth`` (``last_checkpoint`` names it, ``--resume`` continues at the
+    next iteration), all processes wait for it and leave the loop together (``StopTraining``)."""
+
+    def __init__(self, stop: StopRequest, checkpointer):
+        self.stop, self.checkpointer = stop, checkpointer
+
+    def after_step(self):
+        if not self.stop.agree():
+            return
+        iteration = self.trainer.iter
+        self.checkpointer.save(f"model_{iteration:07d}", iteration=iteration)  # rank 0 only
+        comm.synchronize()
+        logger.warning("stop requested: stopped after iteration %d of %d, checkpoint saved in %s "
+                       "(--resume continues at iteration %d)", iteration, self.trainer.max_iter,
+                       self.checkpointer.save_dir, iteration + 1)
+        raise StopTraining(iteration)
+
+
+def do_train(cfg, args, model: torch.nn.Module, train_loader, stop: StopRequest) -> None:
     optimizer = build_optimizer(cfg, model)
     dtype = amp_dtype(cfg)
-    trainer = AutocastTrainer(create_ddp_model(model, **cfg.train.ddp), train_loader, optimizer,
+    trainer = AutocastTrainer(create_ddp_model(model, **ddp_options(cfg)), train_loader, optimizer,
                               amp_dtype=dtype, device_type=str(cfg.train.device).split(":")[0])
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks([
@@ -195,6 +240,7 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
         if comm.is_main_process() else None,
+        StopOnRequest(stop, checkpointer),  # after the lr step, before a periodic evaluation
         # Labelled with the number of completed iterations (30 = after the 30th step; the
         # final evaluation runs after training, when trainer.iter == max_iter).
         hooks.EvalHook(cfg.train.eval_period,
@@ -203,11 +249,12 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])
-    if args.resume and checkpointer.has_checkpoint():
-        checkpointer.resume_or_load("", resume=True)
+    resume_from = decide_resume(lambda: latest_checkpoint(checkpointer, args.resume))
+    if resume_from:
+        checkpointer.load(resume_from)  # model, optimizer, scheduler, iteration (trainer state)
         start_iter = trainer.iter + 1
         logger.info("resumed from %s: continuing at iteration %d of %d",
-                    checkpointer.get_checkpoint_file(), start_iter, cfg.train.max_iter)
+                    resume_from, start_iter, cfg.train.max_iter)
     else:
         if args.resume:
             logger.info("--resume: no checkpoint in %s yet; starting from train.init_checkpoint",
@@ -219,11 +266,18 @@ def do_train(cfg, args, model: torch.nn.Module, train_loader) -> None:
     _log_errors_in_one_line()
     try:
         trainer.train(start_iter, cfg.train.max_iter)
+    except StopTraining:
+        return
     except TrainingDiverged:
         raise
     except FloatingPointError as exc:  # Detectron2's checks: a non-finite loss, boxes or scores
         raise diverged(f"iteration {trainer.iter}", str(exc).strip().splitlines()[0],
                        cfg.train.output_dir) from None
+
+
+def latest_checkpoint(checkpointer, resume: bool) -> Optional[str]:
+    """The file ``--resume`` continues from (``last_checkpoint``), None without --resume or one."""
+    return checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() else None
 
 
 class _OneLineErrors(logging.Filter):
@@ -264,13 +318,19 @@ def main(args) -> Optional[dict]:
     if args.eval_only:
         model = build_model(cfg)
         checkpointer = AtomicCheckpointer(model, cfg.train.output_dir)
-        if args.resume and checkpointer.has_checkpoint():
-            checkpointer.load(checkpointer.get_checkpoint_file(), checkpointables=[])
+        resume_from = decide_resume(lambda: latest_checkpoint(checkpointer, args.resume))
+        if resume_from:
+            checkpointer.load(resume_from, checkpointables=[])
         else:
             load_init_checkpoint(model, cfg.train.init_checkpoint)
         return evaluate(cfg, model)
-    # Data first: a broken dataset is reported before minutes of building a large model.
-    train_loader = build_train_loader(cfg)  # loads the train json (sets its classes)
-    check_num_classes(cfg.dataloader.train.dataset.names, cfg.model.roi_heads.num_classes)
-    do_train(cfg, args, build_model(cfg), train_loader)
+    # SIGTERM / SIGUSR1 from here on: remembered, and acted on after the first step it meets
+    stop = StopRequest().install()
+    try:
+        # Data first: a broken dataset is reported before minutes of building a large model.
+        train_loader = build_train_loader(cfg)  # loads the train json (sets its classes)
+        check_num_classes(cfg.dataloader.train.dataset.names, cfg.model.roi_heads.num_classes)
+        do_train(cfg, args, build_model(cfg), train_loader, stop)
+    finally:
+        stop.uninstall()
     return None

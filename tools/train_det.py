@@ -23,8 +23,13 @@ Outputs in ``train.output_dir``: log.txt, config.yaml, metrics.json, TensorBoard
 it or ``--overwrite`` replaces it; one in use by a running training is refused. Bad input (a
 missing file, a broken annotation, a checkpoint that does not fit) and an output folder that
 cannot be written (missing and not creatable, read-only, a disk that fills up mid-run) end with one
-``error:`` line naming the file or folder and exit status 2; a failed checkpoint write leaves the
-previous checkpoint the latest.
+``error:`` line naming the file or folder and exit status 2, also when it happens in the processes
+of ``--num-gpus N``; a failed checkpoint write leaves the previous checkpoint the latest.
+
+Processes (``detection/launch.py``): ``--num-gpus N`` starts N per machine, on a CPU config
+(``train.device=cpu``) too, with gloo (a test mode). Not for torchrun / srun (``WORLD_SIZE`` > 1
+is refused in one line). SIGTERM or SIGUSR1 (SLURM ``--signal``): every process finishes its
+step, rank 0 saves ``model_<iter>.pth``, exit status 0; ``--resume`` continues from it.
 """
 from __future__ import annotations
 
@@ -38,10 +43,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mae_transfer import detection  # noqa: E402
 
 detection.setup()  # the framework fixes (detection/compat.py), before any detectron2 import
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
 
 from mae_transfer.detection.cli import add_dataset_arguments, run_reporting_input_errors  # noqa: E402
 from mae_transfer.detection.config_overrides import load_config  # noqa: E402
+from mae_transfer.detection.launch import (WorkersFailed, check_launch,  # noqa: E402
+                                           check_not_under_torchrun, launch)
 from mae_transfer.detection.training import main as run_process  # noqa: E402
 from mae_transfer.tools.run_dir import (OutputDirError, claim_output_dir,  # noqa: E402
                                         writing_into)
@@ -90,17 +97,25 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def run():
-        folder = output_dir(args)  # a bad override: one line before any process starts
+        check_not_under_torchrun()  # first: torchrun stops the others at the first failure
+        cfg = load_config(args.config_file, args.opts)  # a bad override: one line, no process
+        device = str(cfg.train.device)
+        check_launch(args.num_gpus, args.num_machines, device)
+        folder = cfg.train.output_dir
         # a write into the folder that fails (full disk, no permission): one line, not a traceback
         with claim_output(args, folder), writing_into(folder, only_output_faults=True):
             launch(run_process, args.num_gpus, num_machines=args.num_machines,
-                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+                   machine_rank=args.machine_rank, dist_url=args.dist_url, device=device,
+                   args=(args,))
 
     try:
         return run_reporting_input_errors(run)
     except OutputDirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WorkersFailed as exc:  # the processes' one-line errors, each once
+        print("\n".join(exc.lines), file=sys.stderr)
+        return exc.status
 
 
 if __name__ == "__main__":
