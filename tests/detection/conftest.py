@@ -20,21 +20,25 @@ def coco_mini(repo_root) -> Path:
     return coco
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def fresh_detectron2_loggers():
-    """Removes the log handlers an in-process ``tools/train_det.py`` run adds (Detectron2's
-    ``setup_logger``: one per output folder, bound to the ``sys.stdout`` of that moment). A handler
-    left bound to a closed ``capsys`` stream makes every later log line a "Logging error"
-    traceback, breaking the next test's one-line-error checks."""
+    """Puts the loggers back as they were after every test: an in-process ``tools/train_det.py``
+    run (Detectron2's ``setup_logger``) adds handlers bound to the ``sys.stdout`` of that moment
+    (a handler left bound to a closed ``capsys`` stream makes every later log line a "Logging
+    error" traceback) and stops ``mae_transfer`` records from propagating (so later tests'
+    ``caplog`` would see nothing)."""
     import logging
 
     from detectron2.utils.logger import setup_logger
 
     names = ("detectron2", "fvcore", "mae_transfer")
     before = {n: list(logging.getLogger(n).handlers) for n in names}
+    state = {n: (logging.getLogger(n).propagate, logging.getLogger(n).level) for n in names}
     yield
     for name in names:
         log = logging.getLogger(name)
+        log.propagate, level = state[name]
+        log.setLevel(level)
         for handler in [h for h in log.handlers if h not in before[name]]:
             log.removeHandler(handler)
             handler.close()
