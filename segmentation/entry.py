@@ -249,8 +249,8 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
 
 def run_test(cfg: Config, checkpoint: str, out: Optional[str] = None) -> Optional[dict]:
     """Evaluate ``checkpoint`` on the test set; returns the record written (rank 0; else None)."""
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
+    stop_if_any_failed(None if osp.isfile(checkpoint) else "no such file",  # on every rank
+                       f"--checkpoint {checkpoint}", single=FileNotFoundError)
     cfg.load_from = checkpoint
     cfg.resume = False
     # The weights come from the checkpoint: do not read the pretraining file at all.

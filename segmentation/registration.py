@@ -2,10 +2,9 @@
 
 Configs name this module in ``custom_imports``, so ``Config.fromfile`` registers everything they
 refer to: the ``MAEViT`` backbone, the ``ADELayoutDataset``, the ``PerClassIoUMetric``, the
-``SegResultsJSONHook``, the ``FiniteLossHook``, the ``StopOnSignalHook``, the checked image / label
-loaders of
-``data_checks``, the ``ViTLayerDecayOptimizerConstructor``, the ``FullCheckpointRunner``
-and the ``atomic_local`` file backend.
+``SegResultsJSONHook``, the ``FiniteLossHook``, the ``StopOnSignalHook``, the checked image /
+label loaders of ``data_checks``, the ``ViTLayerDecayOptimizerConstructor``, the
+``FullCheckpointRunner`` and the ``atomic_local`` file backend.
 """
 from mae_transfer.segmentation import compat
 
