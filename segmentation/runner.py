@@ -26,6 +26,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from mae_transfer.segmentation.distributed import is_distributed, stop_if_any_failed
+from mae_transfer.segmentation.stop_hook import ignoring_stop_signals
 
 #: CheckpointLoader's scheme for local paths (the prefix every path matches)
 LOCAL_SCHEME = ""
@@ -56,7 +57,14 @@ def runner_checkpoint_loading() -> Iterator[None]:
 
 @RUNNERS.register_module()
 class FullCheckpointRunner(Runner):
-    """``Runner`` whose ``load_checkpoint`` (resume, load_from, test) reads whole checkpoints."""
+    """``Runner`` whose ``load_checkpoint`` (resume, load_from, test) reads whole checkpoints,
+    agreed on by every rank, and whose DataLoader workers leave SIGTERM / SIGUSR1 to the main
+    process (``stop_hook.ignoring_stop_signals``)."""
+
+    @staticmethod
+    def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
+        loader = Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
+        return ignoring_stop_signals(loader)
 
     def load_checkpoint(self, filename: str, *args, **kwargs):
         if not is_distributed():

@@ -9,16 +9,38 @@ iteration, the ``CheckpointHook`` saves it (rank 0 writes; ``last_checkpoint`` n
 it has just done so, and the loop ends: the run returns normally and ``--resume`` continues at
 the next iteration. The check runs every iteration, whatever the logging interval, so the stop
 takes one iteration (plus a validation if that iteration is a validation one).
+
+SLURM signals every process of a job step, DataLoader workers included; a worker that dies of it
+crashes the main process at its next batch, before it can save. ``ignoring_stop_signals`` makes
+the workers leave the stop signals to the main process (``FullCheckpointRunner`` applies it to
+every loader with workers).
 """
 from __future__ import annotations
 
+import functools
 import os.path as osp
-from typing import Optional
+import signal
+from typing import Callable, Optional
 
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.registry import HOOKS
 
-from mae_transfer.tools.preemption import StopRequest
+from mae_transfer.tools.preemption import STOP_SIGNALS, StopRequest
+
+
+def _worker_init(inner: Optional[Callable], worker_id: int) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if inner is not None:
+        inner(worker_id)
+
+
+def ignoring_stop_signals(loader):
+    """``loader`` (a DataLoader) with workers that ignore the stop signals, then run the
+    ``worker_init_fn`` it had (MMEngine's seeding)."""
+    if getattr(loader, "num_workers", 0) > 0:
+        loader.worker_init_fn = functools.partial(_worker_init, loader.worker_init_fn)
+    return loader
 
 
 def _checkpoint_hook(runner) -> Optional[CheckpointHook]:

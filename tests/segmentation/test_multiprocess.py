@@ -251,3 +251,30 @@ def test_torchrun_environment_without_launcher_joins_and_launcher_without_it_is_
                                          r"MASTER_ADDR, MASTER_PORT not set; start the processes "
                                          r"with torchrun"):
         choose_launcher(Config(dict(launcher="pytorch")), {})
+
+
+class _SignalDispositions(torch.utils.data.Dataset):
+    """Each item: what SIGTERM / SIGUSR1 do in the process that loads it."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.tensor([int(signal.getsignal(signal.SIGTERM) == signal.SIG_IGN),
+                             int(signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN)])
+
+
+def test_loader_workers_leave_stop_signals_to_the_main_process():
+    import mae_transfer.segmentation.registration  # noqa: F401  (the runner and its samplers)
+    from mae_transfer.segmentation.runner import FullCheckpointRunner
+
+    def build(workers):
+        return FullCheckpointRunner.build_dataloader(
+            dict(batch_size=2, num_workers=workers, dataset=_SignalDispositions(),
+                 sampler=dict(type="DefaultSampler", shuffle=False)), seed=0)
+
+    def first_batch(workers):  # MMEngine's pseudo_collate: a list of the items
+        return [item.tolist() for item in next(iter(build(workers)))]
+
+    assert first_batch(1) == [[1, 1], [1, 1]]  # ignored in the worker
+    assert first_batch(0) == [[0, 0], [0, 0]]  # the main process: untouched
