@@ -4,9 +4,10 @@ Importing this package changes nothing outside it. ``setup()`` applies the proce
 fixes (``segmentation/compat.py``: mmcv-lite, a setuptools warning); the entry points call it
 before importing MMSeg. ``mae_transfer.segmentation.registration`` (what configs name in
 ``custom_imports``) registers the ``MAEViT`` backbone, the ``ADELayoutDataset``, the
-``PerClassIoUMetric``, the ``SegResultsJSONHook``, the ``FiniteLossHook``, the checked image / label
-loaders of ``data_checks``, the ``ViTLayerDecayOptimizerConstructor``, the
-``FullCheckpointRunner`` and the ``atomic_local`` file backend in MMSeg's and MMEngine's registries.
+``PerClassIoUMetric``, the ``SegResultsJSONHook``, the ``FiniteLossHook``, the
+``StopOnSignalHook``, the checked image / label loaders of ``data_checks``, the
+``ViTLayerDecayOptimizerConstructor``, the ``FullCheckpointRunner`` and the ``atomic_local`` file
+backend in MMSeg's and MMEngine's registries.
 """
 from mae_transfer.segmentation.compat import setup, uses_stand_in_extension
 

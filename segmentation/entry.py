@@ -8,8 +8,11 @@ The config adaptations, each logged, are what a user would otherwise edit by han
   (``segmentation.class_count``).
 - ``--pretrained``: the backbone's weights (any format ``backbones.load_pretrained`` reads).
 - device: MMEngine's ``AmpOptimWrapper`` is GPU only; without CUDA the run uses a plain
-  ``OptimWrapper`` (fp32), so the same config runs on a laptop (one process: MMEngine's
-  multi-process launchers need GPUs, and are refused with a one-line error there).
+  ``OptimWrapper`` (fp32), so the same config runs on a laptop.
+- processes (``segmentation.distributed``): a process started by torchrun without ``--launcher``
+  joins as a real rank; without CUDA ``--launcher pytorch`` runs on gloo with DDP on the CPU (a
+  test mode); ``SyncBN`` becomes ``BN`` on a CPU or in one process; ``--resume`` is decided by
+  rank 0 for every rank.
 - the ``SegResultsJSONHook`` is added if a config lacks it, so every evaluation leaves JSON.
 - checkpoints are written whole or not at all (the ``atomic_local`` backend) even where a config
   does not ask for it, and the Runner is ``FullCheckpointRunner`` (reads its own checkpoints on
@@ -18,6 +21,8 @@ The config adaptations, each logged, are what a user would otherwise edit by han
   NaN checkpoint).
 - ``--resume`` (latest checkpoint in the work dir, or a given file), ``--compile`` (torch.compile
   of the backbone; see ``compile_backbone``).
+- the ``StopOnSignalHook`` is added for training (SIGTERM / SIGUSR1: stop after the current
+  iteration with a checkpoint, exit 0).
 - the image / label loaders of every pipeline are replaced by checked ones
   (``segmentation.data_checks``): a file that does not decode, or a label value the heads have no
   class for (16-bit label maps read as stored), is one line naming the file.
@@ -27,7 +32,6 @@ The config adaptations, each logged, are what a user would otherwise edit by han
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os.path as osp
 from typing import Iterator, List, Optional
@@ -40,7 +44,12 @@ from mae_transfer.segmentation.class_count import check_num_classes, head_cfgs
 from mae_transfer.segmentation.config_overrides import checked_options
 from mae_transfer.segmentation.data_checks import use_checked_loaders
 from mae_transfer.segmentation.datasets import read_class_names
+from mae_transfer.segmentation.distributed import (choose_launcher, decide_resume,
+                                                   start_process_group, stop_if_any_failed,
+                                                   sync_bn_to_bn)
 from mae_transfer.segmentation.file_backend import ATOMIC_BACKEND_ARGS
+from mae_transfer.segmentation.hooks import SegResultsJSONHook
+from mae_transfer.segmentation.stop_hook import StopOnSignalHook
 from mae_transfer.segmentation.runner import FullCheckpointRunner
 
 
@@ -114,17 +123,18 @@ def set_pretrained(cfg: Config, path: str) -> None:
 
 
 def adapt_to_device(cfg: Config, cuda: Optional[bool] = None) -> None:
-    """Without CUDA: AmpOptimWrapper -> OptimWrapper (fp32), logged.
+    """Without CUDA: AmpOptimWrapper -> OptimWrapper (fp32), and SyncBN -> BN, logged.
 
-    Multi-process launchers are refused without CUDA: MMEngine's ``pytorch`` launcher calls
-    ``torch.cuda.set_device`` in every process.
+    ``--launcher slurm`` / ``mpi`` are refused without CUDA (MMEngine binds each process to a
+    CUDA device there); ``--launcher pytorch`` runs on gloo (``distributed.start_process_group``).
     """
     cuda = torch.cuda.is_available() if cuda is None else cuda
+    sync_bn_to_bn(cfg, cuda)
     if cuda:
         return
-    if cfg.get("launcher", "none") != "none":
+    if cfg.get("launcher", "none") not in ("none", "pytorch"):
         raise ValueError(f"--launcher {cfg.launcher} needs GPUs (MMEngine binds each process to a "
-                         f"CUDA device); on CPU run one process without --launcher")
+                         f"CUDA device); on a CPU use torchrun and --launcher pytorch (gloo)")
     ow = cfg.get("optim_wrapper")
     if isinstance(ow, dict) and ow.get("type") == "AmpOptimWrapper":
         for key in ("dtype", "loss_scale", "use_fsdp"):
@@ -157,6 +167,7 @@ def load_config(args) -> Config:
         raise FileNotFoundError(f"no config file {args.config}")
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
+    choose_launcher(cfg)
     if args.cfg_options:
         cfg.merge_from_dict(checked_options(cfg, args.cfg_options))
     cfg.work_dir = (args.work_dir or cfg.get("work_dir")
@@ -167,6 +178,7 @@ def load_config(args) -> Config:
     check_num_classes(_datasets(cfg), cfg.model)
     check_data_at_load_time(cfg)
     adapt_to_device(cfg)
+    start_process_group(cfg)
     return cfg
 
 
@@ -205,9 +217,9 @@ def build_runner(cfg: Config):
     return FullCheckpointRunner.from_cfg(cfg)
 
 
-def read_results(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def results_hook(runner):
+    """The run's ``SegResultsJSONHook`` (``ensure_results_hook`` adds it to every config)."""
+    return next(h for h in runner.hooks if isinstance(h, SegResultsJSONHook))
 
 
 def format_metrics(record: dict) -> str:
@@ -215,25 +227,19 @@ def format_metrics(record: dict) -> str:
     return "  ".join(f"{k} {v:.2f}" for k, v in m.items())
 
 
-def latest_val_results(work_dir: str) -> Optional[str]:
-    path = osp.join(work_dir, "val_results", "latest.json")
-    return path if osp.isfile(path) else None
-
-
 def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
     """``--resume`` alone: the work dir's ``last_checkpoint``; ``--resume FILE``: that file."""
     if resume is None:
         return
     cfg.resume = True
-    if resume == "auto":
+    if resume == "auto":  # rank 0 picks the checkpoint (or none) for every rank
         cfg.load_from = None
-        if not osp.isfile(osp.join(cfg.work_dir, "last_checkpoint")):
-            print_log(f"--resume: no checkpoint in {cfg.work_dir} yet; starting from iteration 0",
-                      logger="current", level=logging.WARNING)
+        decide_resume(cfg)
+        if not cfg.resume:
             return
-    else:
-        if not osp.isfile(resume):
-            raise FileNotFoundError(f"--resume {resume}: no such file")
+    else:  # every rank needs the file (a folder not shared between nodes may lack it)
+        stop_if_any_failed(None if osp.isfile(resume) else "no such file", f"--resume {resume}",
+                           single=FileNotFoundError)
         cfg.load_from = resume
     # Every weight comes from the run's checkpoint: the pretraining file is not needed (and may
     # have moved since the run started).
@@ -241,10 +247,10 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> None:
         cfg.model.backbone.pretrained = None
 
 
-def run_test(cfg: Config, checkpoint: str, out: Optional[str] = None) -> dict:
-    """Evaluate ``checkpoint`` on the test set; returns the JSON record written by the hook."""
-    if not osp.isfile(checkpoint):
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
+def run_test(cfg: Config, checkpoint: str, out: Optional[str] = None) -> Optional[dict]:
+    """Evaluate ``checkpoint`` on the test set; returns the record written (rank 0; else None)."""
+    stop_if_any_failed(None if osp.isfile(checkpoint) else "no such file",  # on every rank
+                       f"--checkpoint {checkpoint}", single=FileNotFoundError)
     cfg.load_from = checkpoint
     cfg.resume = False
     # The weights come from the checkpoint: do not read the pretraining file at all.
@@ -255,7 +261,7 @@ def run_test(cfg: Config, checkpoint: str, out: Optional[str] = None) -> dict:
     ensure_results_hook(cfg, test_json=out)
     runner = build_runner(cfg)
     runner.test()
-    return read_results(out) if osp.isfile(out) else {}
+    return results_hook(runner).last_test
 
 
 def compile_backbone(runner, options) -> None:
@@ -273,19 +279,30 @@ def compile_backbone(runner, options) -> None:
               f"({kwargs or 'default options'})", logger="current")
 
 
-def run_train(cfg: Config) -> Optional[dict]:
+def run_train(cfg: Config):
+    """Train; returns the runner (``final_validation`` / ``stopped_by_signal`` read it)."""
     ensure_results_hook(cfg)
     ensure_atomic_checkpoints(cfg)
     ensure_hook(cfg, "FiniteLossHook")  # a NaN loss stops the run; no NaN checkpoint is saved
+    ensure_hook(cfg, "StopOnSignalHook")  # SIGTERM / SIGUSR1: stop after this step, saved
     options = cfg.pop("compile", None)
     runner = build_runner(cfg)
     if options:
         compile_backbone(runner, options)
     runner.train()
-    path = latest_val_results(cfg.work_dir)
-    record = read_results(path) if path else None
-    # Only this run's final validation (not a file left by an earlier run in the same work dir).
+    return runner
+
+
+def final_validation(runner) -> Optional[dict]:
+    """The validation of the run's last iteration (rank 0; None elsewhere or if there was none)."""
+    record = results_hook(runner).last_val
     return record if record and record.get("iter") == runner.iter else None
+
+
+def stopped_by_signal(runner):
+    """The ``StopOnSignalHook`` if it stopped the run, else None."""
+    hook = next((h for h in runner.hooks if isinstance(h, StopOnSignalHook)), None)
+    return hook if hook is not None and hook.stopped_at is not None else None
 
 
 def error_line(exc: BaseException) -> str:

@@ -7,6 +7,9 @@ after a test run: ``<work_dir>/test_results.json`` (or the path given as ``test_
 holds the summary metrics (aAcc, mIoU, mAcc in %), the per-class table when the evaluator is a
 ``PerClassIoUMetric``, the iteration, the checkpoint evaluated (test) and the class names.
 Writes are atomic (temp file + rename), so a crash never leaves a half-written result.
+Only rank 0 writes, and it keeps the last record in memory (``last_val`` / ``last_test``), which
+is what the entry points print: no rank reads a results file (one another rank wrote, or a stale
+one from an earlier run); the other ranks' records stay ``None``.
 
 ``FiniteLossHook``: MMEngine trains on through a NaN loss, saves NaN weights, points
 ``last_checkpoint`` at them and validates them. This hook stops the run at the first non-finite
@@ -56,6 +59,8 @@ class SegResultsJSONHook(Hook):
 
     def __init__(self, test_json: Optional[str] = None):
         self.test_json = test_json
+        self.last_val: Optional[Dict] = None
+        self.last_test: Optional[Dict] = None
 
     def _record(self, runner, metrics, evaluator) -> Dict:
         per_class = _per_class(evaluator)
@@ -69,6 +74,7 @@ class SegResultsJSONHook(Hook):
         folder = osp.join(runner.work_dir, "val_results")
         path = write_json_atomic(record, osp.join(folder, f"iter_{runner.iter}.json"))
         write_json_atomic(record, osp.join(folder, "latest.json"))
+        self.last_val = record
         runner.logger.info(f"validation results written to {path}")
 
     @master_only
@@ -77,6 +83,7 @@ class SegResultsJSONHook(Hook):
         record["checkpoint"] = runner.cfg.get("load_from") if runner.cfg else None
         path = write_json_atomic(record, self.test_json or osp.join(runner.work_dir,
                                                                      "test_results.json"))
+        self.last_test = record
         runner.logger.info(f"test results written to {path}")
 
 

@@ -2,9 +2,9 @@
 
 Configs name this module in ``custom_imports``, so ``Config.fromfile`` registers everything they
 refer to: the ``MAEViT`` backbone, the ``ADELayoutDataset``, the ``PerClassIoUMetric``, the
-``SegResultsJSONHook``, the ``FiniteLossHook``, the checked image / label loaders of
-``data_checks``, the ``ViTLayerDecayOptimizerConstructor``, the ``FullCheckpointRunner``
-and the ``atomic_local`` file backend.
+``SegResultsJSONHook``, the ``FiniteLossHook``, the ``StopOnSignalHook``, the checked image /
+label loaders of ``data_checks``, the ``ViTLayerDecayOptimizerConstructor``, the
+``FullCheckpointRunner`` and the ``atomic_local`` file backend.
 """
 from mae_transfer.segmentation import compat
 
@@ -22,7 +22,9 @@ from mae_transfer.segmentation.metrics import PerClassIoUMetric  # noqa: E402
 from mae_transfer.segmentation.optim_constructor import (  # noqa: E402
     ViTLayerDecayOptimizerConstructor)
 from mae_transfer.segmentation.runner import FullCheckpointRunner  # noqa: E402
+from mae_transfer.segmentation.stop_hook import StopOnSignalHook  # noqa: E402
 
 __all__ = ["MAEViT", "ADELayoutDataset", "AtomicLocalBackend", "SegResultsJSONHook",
            "FiniteLossHook", "CheckedLoadAnnotations", "CheckedLoadImageFromFile",
-           "PerClassIoUMetric", "ViTLayerDecayOptimizerConstructor", "FullCheckpointRunner"]
+           "PerClassIoUMetric", "ViTLayerDecayOptimizerConstructor", "FullCheckpointRunner",
+           "StopOnSignalHook"]

@@ -8,6 +8,11 @@ and test all go through), and nowhere else: pretrained weights that users hand i
 ``backbones.load_pretrained`` (``weights_only=True``), and any other MMEngine load keeps torch's
 default. Our configs select it (``runner_type = 'FullCheckpointRunner'``), and
 ``segmentation.entry`` uses it for a config that names no runner.
+
+In a multi-process run every rank loads the same checkpoint at the same point; a rank that cannot
+read it would exit while the others wait in the next collective until its timeout (30 minutes).
+So the ranks agree on the outcome first (``distributed.stop_if_any_failed``): any rank's failure
+is one line, naming the rank, raised on every rank.
 """
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ import torch
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
+
+from mae_transfer.segmentation.distributed import is_distributed, stop_if_any_failed
+from mae_transfer.segmentation.stop_hook import ignoring_stop_signals
 
 #: CheckpointLoader's scheme for local paths (the prefix every path matches)
 LOCAL_SCHEME = ""
@@ -49,8 +57,25 @@ def runner_checkpoint_loading() -> Iterator[None]:
 
 @RUNNERS.register_module()
 class FullCheckpointRunner(Runner):
-    """``Runner`` whose ``load_checkpoint`` (resume, load_from, test) reads whole checkpoints."""
+    """``Runner`` whose ``load_checkpoint`` (resume, load_from, test) reads whole checkpoints,
+    agreed on by every rank, and whose DataLoader workers leave SIGTERM / SIGUSR1 to the main
+    process (``stop_hook.ignoring_stop_signals``)."""
+
+    @staticmethod
+    def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
+        loader = Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
+        return ignoring_stop_signals(loader)
 
     def load_checkpoint(self, filename: str, *args, **kwargs):
-        with runner_checkpoint_loading():
-            return super().load_checkpoint(filename, *args, **kwargs)
+        if not is_distributed():
+            with runner_checkpoint_loading():
+                return super().load_checkpoint(filename, *args, **kwargs)
+        loaded, error = None, None
+        try:
+            with runner_checkpoint_loading():
+                loaded = super().load_checkpoint(filename, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (any failure: every rank has to hear of it)
+            from mae_transfer.segmentation.entry import error_line  # entry imports this module
+            error = error_line(exc)
+        stop_if_any_failed(error, f"checkpoint {filename}")
+        return loaded

@@ -5,6 +5,11 @@
     python tools/train_seg.py CONFIG --eval-only --checkpoint CKPT [--out results.json]
     torchrun --nproc_per_node 8 tools/train_seg.py CONFIG --launcher pytorch ...
 
+Multi-process (``segmentation/distributed.py``): under torchrun every process is a rank (also
+without ``--launcher``, logged); without CUDA the ranks talk gloo (a test mode). Only rank 0
+claims the work dir, writes results and prints them. SIGTERM / SIGUSR1 stop training after the
+current iteration with a checkpoint and exit status 0 (``segmentation/stop_hook.py``).
+
 Training claims the work dir (``tools/run_dir.py``): one that holds another run
 (``last_checkpoint``, ``iter_*.pth``, ``epoch_*.pth``) is refused unless ``--resume`` continues it
 or ``--overwrite`` replaces it; one in use by a running training is refused.
@@ -32,7 +37,9 @@ from mae_transfer import segmentation  # noqa: E402
 segmentation.setup()  # the framework fixes (segmentation/compat.py), before any mmseg import
 import mae_transfer.segmentation.registration  # noqa: E402,F401  (MAEViT, the dataset, ...)
 from mae_transfer.segmentation import entry  # noqa: E402
-from mae_transfer.tools.run_dir import claim_output_dir, writing_into  # noqa: E402
+from mae_transfer.segmentation.distributed import (  # noqa: E402
+    is_distributed, rank, stop_if_any_failed)
+from mae_transfer.tools.run_dir import OutputDirError, claim_output_dir, writing_into  # noqa: E402
 from mae_transfer.tools.checkpoints import CheckpointError  # noqa: E402
 from mae_transfer.tools.divergence import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 
@@ -65,6 +72,45 @@ def parse_args(argv=None):
     return args
 
 
+def claim_work_dir(cfg, args):
+    """Rank 0 claims the work dir; every rank stops (one line, from rank 0) if it cannot."""
+    claim, error = contextlib.nullcontext(), None
+    if rank() == 0:
+        try:
+            claim = claim_output_dir(cfg.work_dir, resume=args.resume is not None,
+                                     overwrite=args.overwrite, run_files=RUN_FILES)
+        except OutputDirError as exc:
+            if not is_distributed():
+                raise
+            error = str(exc)
+    stop_if_any_failed(error, "work dir")
+    return claim
+
+
+def report(exc: BaseException) -> None:
+    """The error's one line on stderr; an error every rank raised is printed by rank 0 alone."""
+    if rank() == 0 or not getattr(exc, "reported_by_rank0", False):
+        print(f"error: {entry.error_line(exc)}", file=sys.stderr)
+
+
+def train(cfg, args) -> None:
+    if args.pretrained:
+        entry.set_pretrained(cfg, args.pretrained)
+    entry.resolve_resume(cfg, args.resume)
+    if args.compile and not cfg.get("compile"):
+        cfg.compile = True  # a compile dict from --cfg-options (e.g. backend=...) is kept
+    with claim_work_dir(cfg, args), writing_into(cfg.work_dir, only_output_faults=True):
+        runner = entry.run_train(cfg)  # a write that fails (a full disk): one line
+    stopped, record = entry.stopped_by_signal(runner), entry.final_validation(runner)
+    if rank() != 0:
+        return
+    if stopped:
+        print(f"stopped by a signal after iteration {stopped.stopped_at}: checkpoint "
+              f"{stopped.checkpoint} (--resume continues from it)")
+    elif record:
+        print(f"final validation (iter {record['iter']}): {entry.format_metrics(record)}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -73,26 +119,16 @@ def main(argv=None) -> int:
             out_folder = os.path.dirname(os.path.abspath(args.out)) if args.out else cfg.work_dir
             with writing_into(cfg.work_dir, out_folder, only_output_faults=True):
                 record = entry.run_test(cfg, args.checkpoint, args.out)
-            print(f"test: {entry.format_metrics(record)}")
+            if record is not None:  # rank 0 (the other ranks have no results to print)
+                print(f"test: {entry.format_metrics(record)}")
             return 0
-        if args.pretrained:
-            entry.set_pretrained(cfg, args.pretrained)
-        entry.resolve_resume(cfg, args.resume)
-        if args.compile and not cfg.get("compile"):
-            cfg.compile = True  # a compile dict from --cfg-options (e.g. backend=...) is kept
-        with (claim_output_dir(cfg.work_dir, resume=args.resume is not None,
-                               overwrite=args.overwrite, run_files=RUN_FILES)
-              if int(os.environ.get("RANK", 0)) == 0 else contextlib.nullcontext()), \
-                writing_into(cfg.work_dir, only_output_faults=True):  # a full disk: one line
-            record = entry.run_train(cfg)
-        if record:
-            print(f"final validation (iter {record['iter']}): {entry.format_metrics(record)}")
+        train(cfg, args)
         return 0
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
-        print(f"error: {entry.error_line(exc)}", file=sys.stderr)
+        report(exc)
         return 2
     except TrainingDiverged as exc:  # FiniteLossHook: a NaN loss (no NaN checkpoint saved)
-        print(f"error: {entry.error_line(exc)}", file=sys.stderr)
+        report(exc)
         return EXIT_DIVERGED
 
 

@@ -91,6 +91,8 @@ def test_full_configs_and_device_switch(repo_root):
     assert gpu.optim_wrapper.type == "AmpOptimWrapper" and gpu.optim_wrapper.dtype == "bfloat16"
     adapt_to_device(b, cuda=False)
     assert b.optim_wrapper.type == "OptimWrapper" and "dtype" not in b.optim_wrapper
-    b.launcher = "pytorch"
-    with pytest.raises(ValueError, match="--launcher pytorch needs GPUs"):
+    b.launcher = "pytorch"  # gloo on a CPU (tests/segmentation/test_multiprocess.py)
+    adapt_to_device(b, cuda=False)
+    b.launcher = "slurm"
+    with pytest.raises(ValueError, match="--launcher slurm needs GPUs"):
         adapt_to_device(b, cuda=False)
