@@ -111,7 +111,9 @@ def test_converter_takes_our_iter_checkpoint(iter_checkpoint, tmp_path):
 
 
 def test_detectron2_init_checkpoint_takes_our_iter_checkpoint(iter_checkpoint):
-    import mae_transfer.detection.compat  # noqa: F401
+    from mae_transfer import detection
+
+    detection.setup()  # the framework fixes, before Detectron2 is imported
     from detectron2.config import LazyConfig, instantiate
 
     from mae_transfer.detection.checkpointing import load_init_checkpoint
