@@ -4,6 +4,8 @@ outside the repository, beside a developer's checkout, are not there for a user.
 import re
 from pathlib import Path
 
+from mae_transfer import SUBPACKAGES
+
 REPO = Path(__file__).resolve().parents[2]
 #: Named on purpose, not in this repository: the official MAE repository's own documents (the
 #: reference a recipe is compared with) and the table an e2e run writes into its output folder.
@@ -53,7 +55,6 @@ def test_the_checker_sees_a_file_from_outside(tmp_path):
         "x.py:1 ENVIRONMENT.md"]
 
 
-SUBPACKAGES = ("backbones", "tools", "pretrain", "detection", "segmentation", "experiment")
 DOTTED = re.compile(r"`((?:mae_transfer\.)?(?:%s)\.[A-Za-z_][A-Za-z0-9_.]*)" % "|".join(SUBPACKAGES))
 
 

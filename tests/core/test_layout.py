@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mae_transfer import SUBPACKAGES
+
 REPO = Path(__file__).resolve().parents[2]
 #: tools/ modules that the library may import; every other tools/*.py is an entry-point script.
 TOOLS_SHARED = {"atomic", "checkpoints", "convert_checkpoint", "lr_decay", "stand_in",
@@ -77,7 +79,6 @@ def test_experiment_package_uses_no_entry_point_script_as_a_library():
     assert violations(files, set()) == []
 
 
-SUBPACKAGES = ("backbones", "tools", "pretrain", "detection", "segmentation", "experiment")
 
 
 def bare_imports(files, root=REPO):
