@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -79,18 +78,13 @@ def parse_args(argv=None):
     return args
 
 
-def output_dir(args) -> str:
-    """``train.output_dir`` of the config with the overrides (a bad override: one line)."""
-    return load_config(args.config_file, args.opts).train.output_dir
-
-
-def claim_output(args, folder: Optional[str] = None):
-    """Training claims ``train.output_dir`` (``tools.run_dir``) in the launching process of
-    machine 0, for the whole run; evaluation and other machines claim nothing."""
+def claim_output(args, folder: str):
+    """Training claims ``folder`` (``train.output_dir``, ``tools.run_dir``) in the launching
+    process of machine 0, for the whole run; evaluation and other machines claim nothing."""
     if args.eval_only or args.machine_rank != 0:
         return contextlib.nullcontext()
-    return claim_output_dir(folder or output_dir(args), resume=args.resume,
-                            overwrite=args.overwrite, run_files=RUN_FILES)
+    return claim_output_dir(folder, resume=args.resume, overwrite=args.overwrite,
+                            run_files=RUN_FILES)
 
 
 def main(argv=None) -> int:

@@ -36,7 +36,7 @@ def test_resume_keeps_overwrite_clears_eval_only_claims_nothing(used):
 
     def claim(*flags):
         return train_det.claim_output(train_det.parse_args(
-            ["--config", TINY, *flags, f"train.output_dir={used}"]))
+            ["--config", TINY, *flags, f"train.output_dir={used}"]), str(used))
 
     with claim("--eval-only"):  # evaluation writes beside a run: no claim, no lock
         with claim("--resume"):
