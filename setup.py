@@ -7,7 +7,8 @@ from setuptools import find_packages, setup
 
 #: the top-level folders that install as ``mae_transfer.<name>``: one import name, like timm,
 #: detectron2 and mmseg, so that no generic ``tools`` or ``detection`` lands on a user's path.
-SUBPACKAGES = ("backbones", "tools", "pretrain", "detection", "segmentation", "experiment")
+SUBPACKAGES = ("backbones", "tools", "pretrain", "detection", "segmentation", "classification",
+               "experiment")
 
 
 def mapped_packages():
@@ -50,11 +51,16 @@ setup(
         "Pillow",
         "numpy",
         "tqdm",
+        "lvis",                    # LVIS evaluation (AP, APr, APc, APf)
+        "faster-coco-eval",        # COCO evaluation, checked equal to pycocotools before use
     ],
     extras_require={
         # mmcv without compiled ops is enough for UperNet; a compiled mmcv 2.1.0 works too.
         # mmseg 1.2.2 refuses mmcv >= 2.2 at import time.
         "lite": ["mmcv-lite==2.1.0"],
-        "test": ["pytest"],
+        # Hugging Face ViTMAE checkpoints in and out, ONNX export and its onnxruntime check
+        "hf": ["transformers>=4.40"],
+        "export": ["onnx", "onnxruntime", "onnxscript"],
+        "test": ["pytest", "transformers>=4.40", "onnx", "onnxruntime", "onnxscript"],
     },
 )

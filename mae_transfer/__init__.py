@@ -1,16 +1,18 @@
 """mae-transfer: one ViT from MAE pretraining to Detectron2 detection and MMSeg segmentation.
 
 The install exposes this one import name (``mae_transfer.backbones``, ``.pretrain``, ``.detection``,
-``.segmentation``, ``.tools``, ``.experiment``), like timm, detectron2 and mmseg, so that generic
-names such as ``tools`` or ``detection`` never land on a user's import path. The folders themselves
-stay at the top of the repository: ``setup.py`` maps them under this package for regular, editable
-and wheel installs, and in a source checkout that is used without installing (the ``tools/``
-scripts, ``PYTHONPATH=<checkout>``) the lines below let this package find them beside it.
+``.segmentation``, ``.classification``, ``.tools``, ``.experiment``), like timm, detectron2 and
+mmseg, so that generic names such as ``tools`` or ``detection`` never land on a user's import
+path. The folders themselves stay at the top of the repository: ``setup.py`` maps them under this
+package for regular, editable and wheel installs, and in a source checkout that is used without
+installing (the ``tools/`` scripts, ``PYTHONPATH=<checkout>``) the lines below let this package
+find them beside it.
 """
 import os as _os
 
 #: the subpackages, in the order the imports run (backbones <- tools <- stages <- experiment)
-SUBPACKAGES = ("backbones", "tools", "pretrain", "detection", "segmentation", "experiment")
+SUBPACKAGES = ("backbones", "tools", "pretrain", "detection", "segmentation", "classification",
+               "experiment")
 
 __version__ = "0.1.0"
 
