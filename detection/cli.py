@@ -15,6 +15,7 @@ import torch
 
 from mae_transfer.detection.datasets import (DEFAULT_ON_INVALID, INVALID_MODES, DatasetError,
                                 register_coco2017, register_from_spec)
+from mae_transfer.detection.lvis_datasets import register_lvis_spec, register_lvis_v1
 from mae_transfer.tools.checkpoints import CheckpointError
 from mae_transfer.tools.divergence import EXIT_DIVERGED, TrainingDiverged
 from mae_transfer.tools.overrides import OverrideError
@@ -32,10 +33,12 @@ INPUT_ERRORS = (DatasetError, CheckpointError, FileNotFoundError, UsageError, Ov
 
 def add_dataset_arguments(parser) -> None:
     parser.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGES|DIR",
-                        help="register a COCO-format dataset (repeatable; a later spec replaces "
-                             "an earlier one of the same name)")
+                        help="register a COCO-format dataset, or an LVIS json with "
+                             "NAME=JSON:IMAGES (IMAGES: the folder of its split folders) "
+                             "(repeatable; a later spec replaces an earlier one of the same name)")
     parser.add_argument("--coco-root", default=None, metavar="DIR",
-                        help="folder holding coco/ (default: $DETECTRON2_DATASETS or ./datasets)")
+                        help="folder holding coco/ and lvis/ (default: $DETECTRON2_DATASETS or "
+                             "./datasets)")
     parser.add_argument("--invalid-annotations", choices=INVALID_MODES,
                         default=DEFAULT_ON_INVALID,
                         help="detectron2 (default): load the json as Detectron2's load_coco_json "
@@ -46,11 +49,13 @@ def add_dataset_arguments(parser) -> None:
 
 
 def register_datasets(args) -> None:
-    """COCO 2017 under ``--coco-root`` / $DETECTRON2_DATASETS, then every ``--dataset`` spec."""
+    """COCO 2017 and LVIS v1 under ``--coco-root`` / $DETECTRON2_DATASETS, then every
+    ``--dataset`` spec (an LVIS json is recognised by its keys)."""
     on_invalid = getattr(args, "invalid_annotations", DEFAULT_ON_INVALID)
     register_coco2017(getattr(args, "coco_root", None), on_invalid)
+    register_lvis_v1(getattr(args, "coco_root", None), on_invalid)
     for spec in getattr(args, "dataset", None) or []:
-        names = register_from_spec(spec, on_invalid)
+        names = register_lvis_spec(spec, on_invalid) or register_from_spec(spec, on_invalid)
         logger.info("registered %s from %s", ", ".join(names), spec)
 
 

@@ -46,7 +46,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mae_transfer.detection import compat
 from mae_transfer.detection.image_files import image_file_problems
@@ -152,7 +152,10 @@ def annotation_problem(ann: dict, image: dict, category_ids) -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------------- loading
-def _read_json(json_file: Path, hint: str = "") -> dict:
+def read_json(json_file: Path, hint: str = "") -> dict:
+    """The parsed instances json (COCO or LVIS format): a JSON object with ``images`` and
+    ``categories`` lists, or one ``DatasetError`` line naming the file (``hint`` follows a
+    missing file's path)."""
     if not json_file.is_file():
         raise DatasetError(f"no annotation file at {json_file}{hint}")
     try:
@@ -187,8 +190,33 @@ def _detectron2_stop(ann: dict, image: dict, category_ids) -> Optional[str]:
                                           image["width"]))
 
 
+def image_label(image: dict) -> str:
+    """How errors name an image entry: its ``file_name``, else (LVIS v1, which has none) the
+    ``<split folder>/<file name>`` end of its ``coco_url``."""
+    if image.get("file_name"):
+        return str(image["file_name"])
+    return "/".join(str(image.get("coco_url", "?")).split("/")[-2:])
+
+
 def _where(json_file: Path, image: dict, ann_id) -> str:
-    return f"{json_file}: image '{image['file_name']}' (id {image['id']}): annotation {ann_id}"
+    return f"{json_file}: image '{image_label(image)}' (id {image['id']}): annotation {ann_id}"
+
+
+@dataclass(frozen=True)
+class JsonRules:
+    """What the validation pass checks in one json format: COCO's (``COCO_RULES``) here; LVIS's
+    (``mae_transfer.detection.lvis_datasets``) reuses these checks and adds its own."""
+
+    required_image_keys: Tuple[str, ...] = _REQUIRED_IMAGE_KEYS
+    #: ``(ann, image, category_ids) -> problem``: where Detectron2's loader stops ("detectron2")
+    detectron2_stop: Callable = _detectron2_stop
+    #: ``(ann, image, category_ids) -> problem``: what cannot be trained on ("error" / "skip")
+    annotation_problem: Callable = annotation_problem
+    #: ``(data) -> problem``: format problems outside the annotations; stop in every mode
+    json_problem: Optional[Callable] = None
+
+
+COCO_RULES = JsonRules()
 
 
 @dataclass
@@ -197,41 +225,46 @@ class _Checked:
     report afterwards (the json itself is not kept: COCO train's is gigabytes in memory)."""
 
     source: Path
+    categories: List[dict] = field(default_factory=list)  # the json's categories, as they are
     skipped: List[str] = field(default_factory=list)  # "skip" mode: what was dropped, and why
     #: "detectron2" mode: annotation id -> (its image entry, number of polygons in the json)
     polygons: Dict[int, tuple] = field(default_factory=dict)
 
 
-def _check_json(json_file: Path, on_invalid: str, missing_hint: str, scratch: Path) -> _Checked:
+def validate_json(json_file: Path, on_invalid: str, missing_hint: str, scratch: Path,
+                  rules: JsonRules = COCO_RULES) -> _Checked:
     """The validation pass over the json, before Detectron2 reads it (module docstring).
 
     ``"detectron2"``: stop, in one line, where Detectron2 would stop; note every polygon list (to
     report what Detectron2 drops). ``"error"``: stop at the first problem. ``"skip"``: collect
     the problems and, if there are any, write the json without them to ``scratch`` (Detectron2
-    reads only files) under the same file name.
+    reads only files) under the same file name. ``rules``: the checks of the json's format.
     """
-    data = _read_json(json_file, missing_hint)
+    data = read_json(json_file, missing_hint)
+    problem = rules.json_problem(data) if rules.json_problem else None
+    if problem:
+        raise DatasetError(f"{json_file}: {problem}")
     category_ids = {c["id"] for c in data["categories"]}
     images: Dict[int, dict] = {}
     for i, img in enumerate(data["images"]):
-        missing = [k for k in _REQUIRED_IMAGE_KEYS if k not in img]
+        missing = [k for k in rules.required_image_keys if k not in img]
         if missing:
-            raise DatasetError(f"{json_file}: image entry {i} ({img.get('file_name', '?')!r}) "
+            raise DatasetError(f"{json_file}: image entry {i} ({image_label(img)!r}) "
                                f"lacks {missing}")
         if not all(_number(img[k]) and img[k] > 0 and float(img[k]).is_integer()
                    for k in ("height", "width")):
-            raise DatasetError(f"{json_file}: image '{img['file_name']}' (id {img['id']}): "
+            raise DatasetError(f"{json_file}: image '{image_label(img)}' (id {img['id']}): "
                                f"height {img['height']!r} and width {img['width']!r} are not "
                                f"both positive whole numbers")
         images[img["id"]] = img
-    checked = _Checked(source=json_file)
+    checked = _Checked(source=json_file, categories=data["categories"])
     rejected = set()  # Python ids of the annotations "skip" mode drops
     for ann in data.get("annotations", []):
         img = images.get(ann.get("image_id"))
         if on_invalid == "detectron2":
             if img is None:
                 continue  # Detectron2 ignores them, with a warning
-            problem = _detectron2_stop(ann, img, category_ids)
+            problem = rules.detectron2_stop(ann, img, category_ids)
             if problem:
                 raise DatasetError(f"{_where(json_file, img, ann.get('id'))}: {problem}")
             if isinstance(ann.get("segmentation"), list) and ann["segmentation"]:
@@ -241,7 +274,7 @@ def _check_json(json_file: Path, on_invalid: str, missing_hint: str, scratch: Pa
             problem = (f"{json_file}: annotation {ann.get('id')} refers to image id "
                        f"{ann.get('image_id')!r}, which is not in 'images'")
         else:
-            problem = annotation_problem(ann, img, category_ids)
+            problem = rules.annotation_problem(ann, img, category_ids)
             if problem:
                 problem = f"{_where(json_file, img, ann.get('id'))}: {problem}"
         if problem and on_invalid == "error":
@@ -295,7 +328,7 @@ def _report_detectron2_repairs(json_file: Path, polygons: Dict[int, tuple],
                        ", e.g.: " + " | ".join(emptied[:3]) if emptied else "")
 
 
-def _image_file_problems(records: List[dict], image_root: Path,
+def image_file_errors(records: List[dict], image_root: Path,
                          json_file: Path) -> Dict[int, str]:
     """``image_id -> one-line problem`` for every record whose file is missing, no image, or not
     the json's size (``detection/image_files.py``), naming the json and the image."""
@@ -324,11 +357,19 @@ def load_coco_instances(json_file, image_root, dataset_name: Optional[str] = Non
         raise ValueError(f"on_invalid must be one of {INVALID_MODES}, got {on_invalid!r}")
     json_file, image_root = Path(json_file), Path(image_root)
     with tempfile.TemporaryDirectory(prefix="coco-checked-") as scratch:
-        checked = _check_json(json_file, on_invalid, missing_hint, Path(scratch))
+        checked = validate_json(json_file, on_invalid, missing_hint, Path(scratch))
         records, kept = _detectron2_records(checked.source, json_file, image_root, dataset_name)
     if on_invalid == "detectron2":
         _report_detectron2_repairs(json_file, checked.polygons, kept)
-    bad_files = _image_file_problems(records, image_root, json_file) if check_images else {}
+    return finish_records(records, checked, json_file, image_root, check_images, on_invalid)
+
+
+def finish_records(records: List[dict], checked: _Checked, json_file: Path, image_root: Path,
+                   check_images: bool, on_invalid: str) -> List[dict]:
+    """The last steps of every checked load (COCO here, LVIS in ``lvis_datasets``): the image
+    files' headers (stop in one line, or drop them in "skip" mode), a warning for what was
+    skipped and for a json without annotations, the counts in the log."""
+    bad_files = image_file_errors(records, image_root, json_file) if check_images else {}
     if bad_files and on_invalid != "skip":
         raise DatasetError(next(iter(bad_files.values())))
     if bad_files:

@@ -1,7 +1,9 @@
 """COCO box / mask evaluation of a detector: the AP table in the log, the numbers as JSON.
 
 Runs the config's test loader and ``COCOEvaluator`` (pycocotools' own evaluation,
-``use_fast_impl=False``: the fast one needs Detectron2's compiled extension), then
+``use_fast_impl=False``: the fast one needs Detectron2's compiled extension), or for an LVIS
+dataset ``LVISEvaluator`` (``detection/lvis_evaluation.py``; chosen for an LVIS dataset whatever
+the config names; the table and the JSON then have APr, APc, APf too), then
 
 - logs the usual AP table (rows bbox / segm; AP, AP50, AP75, APs, APm, APl, in percent);
 - writes ``<output_dir>/inference/coco_eval_<tag>.json`` and, as the latest result,
@@ -22,12 +24,14 @@ from mae_transfer.detection import compat
 
 compat.setup()  # Detectron2 v0.6 cannot be imported without it (no compiled _C, Image.LINEAR)
 from detectron2.config import instantiate  # noqa: E402
-from detectron2.evaluation import inference_on_dataset  # noqa: E402
+from detectron2.evaluation import LVISEvaluator, inference_on_dataset  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from mae_transfer.tools.atomic import atomic_write  # noqa: E402
 from mae_transfer.detection.datasets import check_num_classes  # noqa: E402
+from mae_transfer.detection.lvis_evaluation import (FREQUENCY_COLUMNS,  # noqa: E402
+                                                    evaluator_for_dataset)
 
 logger = logging.getLogger("mae_transfer.detection")
 
@@ -36,12 +40,15 @@ AP_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def format_ap_table(results: Dict[str, Dict[str, float]]) -> str:
-    """A markdown table, one row per task (bbox, segm), the ``AP_COLUMNS`` in percent."""
+    """A markdown table, one row per task (bbox, segm), the ``AP_COLUMNS`` in percent (and
+    LVIS's ``FREQUENCY_COLUMNS`` when the results have them)."""
     rows = []
-    for task, metrics in results.items():
-        if isinstance(metrics, dict):
-            rows.append([task] + [metrics.get(c, float("nan")) for c in AP_COLUMNS])
-    return tabulate(rows, headers=("task",) + AP_COLUMNS, tablefmt="pipe", floatfmt=".3f",
+    tasks = {t: m for t, m in results.items() if isinstance(m, dict)}
+    lvis = any(c in m for m in tasks.values() for c in FREQUENCY_COLUMNS)
+    columns = AP_COLUMNS + (FREQUENCY_COLUMNS if lvis else ())
+    for task, metrics in tasks.items():
+        rows.append([task] + [metrics.get(c, float("nan")) for c in columns])
+    return tabulate(rows, headers=("task",) + columns, tablefmt="pipe", floatfmt=".3f",
                     missingval="nan")
 
 
@@ -86,11 +93,12 @@ def evaluate(cfg, model: torch.nn.Module, iteration: Optional[int] = None) -> di
     check_num_classes(names, cfg.model.roi_heads.num_classes)
     output_dir = cfg.train.output_dir
     cfg.dataloader.evaluator.output_dir = os.path.join(output_dir, "inference")
-    evaluator = instantiate(cfg.dataloader.evaluator)
+    evaluator = instantiate(evaluator_for_dataset(cfg.dataloader.evaluator, names))
     results = inference_on_dataset(model, loader, evaluator)
     if comm.is_main_process():
         when = "final" if iteration is None else f"iteration {iteration}"
-        logger.info("COCO evaluation on %s (%s):\n%s", names, when, format_ap_table(results))
+        kind = "LVIS" if isinstance(evaluator, LVISEvaluator) else "COCO"
+        logger.info("%s evaluation on %s (%s):\n%s", kind, names, when, format_ap_table(results))
         if not results:
             logger.warning("no AP for %s: its json has no 'annotations' (a test split); the "
                            "predictions are in %s", names, cfg.dataloader.evaluator.output_dir)
