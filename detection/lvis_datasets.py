@@ -11,10 +11,11 @@ images) and an ``image_count``. Masks are polygons only.
   ``neg_category_ids`` kept, in json ids), with contiguous category ids (json ids in sorted order;
   LVIS v1's 1..1203 stay ``id - 1``).
 - The validation pass, the modes (``--invalid-annotations``), the image-file checks and the
-  one-line errors are COCO's (``mae_transfer.detection.datasets``) with LVIS's rules on top: every
-  polygon valid and at least one per instance (Detectron2's LVIS loader asserts it), no RLE, an
-  ``area`` (LVIS evaluation reads it); images need ``coco_url`` and the two category-id lists,
-  categories ``frequency`` in r/c/f.
+  one-line errors are COCO's (``mae_transfer.detection.datasets``) with LVIS's rules on top, in
+  every mode ("skip" drops what fails them): the box inside the image (1 pixel of tolerance),
+  every polygon valid and at least one per instance (Detectron2's LVIS loader asserts it), no
+  RLE, an ``area`` (LVIS evaluation reads it); images need ``coco_url`` and the two
+  category-id lists, categories ``frequency`` in r/c/f.
 - Metadata, read from the json's categories (``LVISJsonMetadata``: on first use, so that a model
   built before any data is loaded, e.g. ``--eval-only``, still finds them): ``thing_classes``,
   ``thing_dataset_id_to_contiguous_id``, ``class_image_count`` (``[{"id", "image_count"}]`` as
@@ -58,6 +59,8 @@ FREQUENCIES = ("r", "c", "f")
 #: Keys only an LVIS json has (``is_lvis_json``).
 LVIS_MARKERS = (b'"not_exhaustive_category_ids"', b'"neg_category_ids"', b'"frequency"')
 _IMAGE_LISTS = ("neg_category_ids", "not_exhaustive_category_ids")
+#: How far (pixels) a box may leave its image before the annotation counts as broken.
+BOX_TOLERANCE = 1.0
 _UNNAMED = "__mae_transfer_unnamed_lvis__"
 
 
@@ -79,9 +82,25 @@ def lvis_format_problem(data: dict) -> Optional[str]:
     return None
 
 
+def _bbox_outside_problem(bbox, image: dict) -> Optional[str]:
+    """A box that leaves the image by more than ``BOX_TOLERANCE`` pixels (LVIS boxes enclose
+    polygons inside the image): a json whose image sizes or boxes are wrong."""
+    x, y, w, h = bbox
+    width, height = image["width"], image["height"]
+    if (min(x, y) < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE
+            or y + h > height + BOX_TOLERANCE):
+        return (f"bbox {list(bbox)} (x, y, width, height) lies outside the {width} x {height} "
+                f"image")
+    return None
+
+
 def _lvis_problem(ann: dict, image: dict) -> Optional[str]:
-    """What LVIS needs beyond COCO: polygon masks, all valid (Detectron2's ``load_lvis_json``
-    asserts it), and an ``area`` (LVIS evaluation reads it)."""
+    """What LVIS needs beyond COCO's form checks (run first): the box inside the image, polygon
+    masks, all valid (Detectron2's ``load_lvis_json`` asserts it), and an ``area`` (LVIS
+    evaluation reads it)."""
+    problem = _bbox_outside_problem(ann["bbox"], image)
+    if problem:
+        return problem
     segm = ann.get("segmentation")
     if isinstance(segm, dict):
         return ("segmentation is an RLE mask; LVIS masks are polygons (Detectron2's "

@@ -44,6 +44,8 @@ LVIS_RARE_BELOW, LVIS_COMMON_BELOW = 10, 100
 COCO_URL = "http://images.cocodataset.org/{folder}/{file}"
 #: Output split -> the folder its images go to (named by their ``coco_url``).
 SPLIT_FOLDERS = {"train": "train2017", "val": "val2017"}
+#: Added to the generated set's val image and annotation ids (both splits count from 1).
+SYNTHETIC_VAL_IDS = 100_000
 
 
 class ConversionError(ValueError):
@@ -138,6 +140,20 @@ def _finish(images: List[dict], category_ids: Sequence[int]) -> dict:
     return {"images": out_images, "annotations": annotations}
 
 
+def _check_unique(split: str, images: List[dict]) -> None:
+    """Image and annotation ids must be unique within a split (LVIS's index, Detectron2's
+    loader assert it); held-out train images meet the val json's ids here."""
+    for what, ids in (("image", [i["id"] for i in images]),
+                      ("annotation", [a["id"] for i in images for a in i["_instances"]])):
+        seen = set()
+        for i in ids:
+            if i in seen:
+                raise ConversionError(f"{what} id {i} occurs twice in the {split} split: ids "
+                                      f"must be unique over the train and val jsons (as "
+                                      f"COCO's are) to move train images into val")
+            seen.add(i)
+
+
 def _categories(coco_categories: List[dict], train_images: List[dict], rare_below: int,
                 common_below: int) -> List[dict]:
     image_count, instance_count = defaultdict(int), defaultdict(int)
@@ -185,6 +201,8 @@ def make_lvis_dataset(out, train: Source, val: Source, val_from_train: int = 0,
                                   f"{len(train_images)})")
         val_images = train_images[-val_from_train:] + val_images
         train_images = train_images[:-val_from_train]
+    for split, images in (("train", train_images), ("val", val_images)):
+        _check_unique(split, images)
     categories = _categories(train_data["categories"], train_images, rare_below, common_below)
     category_ids = [c["id"] for c in categories]
     paths = {}
@@ -208,6 +226,14 @@ def make_synthetic_lvis_dataset(out, num_train: int = 16, num_val: int = 4, size
     with tempfile.TemporaryDirectory(prefix="shapes-") as scratch:
         coco = make_shapes_dataset(Path(scratch), num_train, num_val, size,
                                    layouts=("coco",))["coco"]
+        # its splits both count ids from 1: val's move past train's, as COCO's are unique
+        val_json = coco / "annotations" / "instances_val.json"
+        val = json.loads(val_json.read_text())
+        for item in val["images"] + val["annotations"]:
+            item["id"] += SYNTHETIC_VAL_IDS
+        for ann in val["annotations"]:
+            ann["image_id"] += SYNTHETIC_VAL_IDS
+        val_json.write_text(json.dumps(val))
         return make_lvis_dataset(
             out, Source(coco / "annotations" / "instances_train.json", coco / "images" / "train"),
             Source(coco / "annotations" / "instances_val.json", coco / "images" / "val"),

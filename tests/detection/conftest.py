@@ -43,3 +43,25 @@ def fresh_detectron2_loggers():
             log.removeHandler(handler)
             handler.close()
     setup_logger.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def lvis_mini(tmp_path_factory, repo_root) -> dict:
+    """A small LVIS v1-format root (``tools/make_lvis_dataset.py``: ``lvis/lvis_v1_{train,val}.json``
+    + ``coco/{train2017,val2017}``): from the real COCO sample when present (24 train images; val:
+    4 COCO val2017 images and 4 held-out train2017 ones; frequency r below 2 train images, c below
+    4, else f), else from the generated shapes set. ``root``, ``num_classes``, ``real``."""
+    from mae_transfer.tools.make_lvis_dataset import (Source, make_lvis_dataset,
+                                                      make_synthetic_lvis_dataset)
+
+    root = tmp_path_factory.mktemp("lvis_mini")
+    coco = repo_root.parent / "shared" / "data" / "coco-mini" / "coco"
+    if (coco / "annotations" / "instances_val2017.json").is_file():
+        make_lvis_dataset(root, *(Source(coco / "annotations" / f"instances_{f}.json", coco / f)
+                                  for f in ("train2017", "val2017")),
+                          val_from_train=4, max_train=28, max_val=4, rare_below=2,
+                          common_below=4)
+        return {"root": root, "num_classes": 80, "real": True}
+    make_synthetic_lvis_dataset(root, num_train=16, num_val=4, val_from_train=2, rare_below=6,
+                                common_below=9)
+    return {"root": root, "num_classes": 3, "real": False}
