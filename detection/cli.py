@@ -34,8 +34,9 @@ INPUT_ERRORS = (DatasetError, CheckpointError, FileNotFoundError, UsageError, Ov
 def add_dataset_arguments(parser) -> None:
     parser.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGES|DIR",
                         help="register a COCO-format dataset, or an LVIS json with "
-                             "NAME=JSON:IMAGES (IMAGES: the folder of its split folders) "
-                             "(repeatable; a later spec replaces an earlier one of the same name)")
+                             "NAME=JSON:IMAGES (IMAGES: the folder of its split folders) or "
+                             "NAME=JSON (images in coco/ beside the json's folder) (repeatable; "
+                             "a later spec replaces an earlier one of the same name)")
     parser.add_argument("--coco-root", default=None, metavar="DIR",
                         help="folder holding coco/ and lvis/ (default: $DETECTRON2_DATASETS or "
                              "./datasets)")

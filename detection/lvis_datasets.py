@@ -26,7 +26,8 @@ Registration: ``register_lvis_v1(root)`` names ``lvis_v1_{train,val}`` from
 ``root/lvis/lvis_v1_{train,val}.json`` with images under ``root/coco`` (root:
 ``$DETECTRON2_DATASETS``, else ``./datasets``), as Detectron2's ``builtin.py`` does; nothing is read
 until a split is used. ``register_lvis_spec("NAME=JSON:IMAGES")`` registers an LVIS json (recognised
-by its keys, ``is_lvis_json``) with IMAGES the folder that holds the split folders.
+by its keys, ``is_lvis_json``) with IMAGES the folder that holds the split folders (``NAME=JSON``:
+``coco/`` beside the json's folder, Detectron2's layout).
 """
 from __future__ import annotations
 
@@ -283,17 +284,22 @@ def is_lvis_json(path, chunk_size: int = 1 << 24) -> bool:
 
 def register_lvis_spec(spec: str, on_invalid: str = DEFAULT_ON_INVALID) -> Optional[List[str]]:
     """Register ``NAME=JSON:IMAGES`` when JSON is an LVIS json (IMAGES: the folder holding the
-    split folders of its ``coco_url``s); None for any other spec (COCO's ``register_from_spec``
-    takes it)."""
+    split folders of its ``coco_url``s), or ``NAME=JSON`` in Detectron2's layout (images in
+    ``coco/`` beside the json's ``lvis/`` folder); None for any other spec (COCO's
+    ``register_from_spec`` takes it)."""
     name, sep, value = spec.partition("=")
     cut = value.find(".json:")
-    if not sep or not name or cut < 0:
+    if not sep or not name or (cut < 0 and not value.endswith(".json")):
         return None
-    json_file, image_root = value[:cut + len(".json")], value[cut + len(".json:"):]
+    if cut >= 0:
+        json_file, image_root = value[:cut + len(".json")], value[cut + len(".json:"):]
+    else:
+        json_file = value
+        image_root = str(Path(value).resolve().parent.parent / "coco")
     if not is_lvis_json(json_file):
         return None
     if not Path(image_root).is_dir():
         raise DatasetError(f"dataset {name}: image folder {image_root} does not exist (for an "
                            f"LVIS json: the folder that holds the split folders of its coco_urls, "
-                           f"e.g. datasets/coco)")
+                           f"e.g. datasets/coco; NAME=JSON:IMAGES names it)")
     return [register_lvis_instances(name, json_file, image_root, on_invalid)]

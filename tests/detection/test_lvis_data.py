@@ -119,6 +119,10 @@ def test_dataset_flag_recognises_an_lvis_json(lvis_mini, shapes_dataset, tmp_pat
     assert len(records) == len(_json(lvis_json)["images"])
     with pytest.raises(DatasetError, match="image folder .*nowhere does not exist"):
         register_lvis_spec(f"bad={lvis_json}:{tmp_path / 'nowhere'}")
+    # NAME=JSON alone: Detectron2's layout, coco/ beside the json's lvis/ folder
+    assert register_lvis_spec(f"plain={lvis_json}") == ["plain"]
+    assert MetadataCatalog.get("plain").image_root == str((lvis_mini["root"] / "coco").resolve())
+    assert register_lvis_spec(f"plain={coco_json}") is None
 
 
 # ----------------------------------------------------------------------------- load errors

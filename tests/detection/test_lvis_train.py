@@ -54,3 +54,27 @@ def test_tiny_lvis_config_trains_and_evaluates_end_to_end(lvis_mini, tmp_path, m
     predictions = json.loads((out / "inference" / "lvis_instances_results.json").read_text())
     val = json.loads((lvis_mini["root"] / "lvis" / "lvis_v1_val.json").read_text())
     assert {p["category_id"] for p in predictions} <= {c["id"] for c in val["categories"]}
+
+
+def test_a_broken_lvis_annotation_ends_train_det_with_one_line(lvis_mini, tmp_path, monkeypatch,
+                                                               capsys):
+    monkeypatch.chdir(REPO)
+    (tmp_path / "lvis").mkdir()
+    (tmp_path / "coco").symlink_to(lvis_mini["root"] / "coco")
+    for split in ("train", "val"):
+        data = json.loads((lvis_mini["root"] / "lvis" / f"lvis_v1_{split}.json").read_text())
+        if split == "train":
+            ann = data["annotations"][5]
+            image = next(i for i in data["images"] if i["id"] == ann["image_id"])
+            ann["bbox"] = [image["width"] - 2.0, 0.0, 10.0, 10.0]
+        (tmp_path / "lvis" / f"lvis_v1_{split}.json").write_text(json.dumps(data))
+    status = train_det.main(["--config", TINY, "--coco-root", str(tmp_path),
+                             f"train.output_dir={tmp_path / 'run'}",
+                             f"model.roi_heads.num_classes={lvis_mini['num_classes']}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and not any("Traceback" in line for line in err)
+    assert err[-1] == (
+        f"error: {tmp_path / 'lvis' / 'lvis_v1_train.json'}: image "
+        f"'{'/'.join(image['coco_url'].split('/')[-2:])}' (id {image['id']}): annotation "
+        f"{ann['id']}: bbox {ann['bbox']} (x, y, width, height) lies outside the "
+        f"{image['width']} x {image['height']} image")
