@@ -230,3 +230,27 @@ def test_cascade_stages_train_with_the_federated_loss_and_average_sigmoid_scores
     softmax_mean = sum(F.softmax(x, dim=-1) for x in logits) / 3
     assert not all(torch.isclose(softmax_mean[:, c], torch.tensor(s), rtol=1e-5).any()
                    for s, c in zip(out.scores.tolist(), out.pred_classes.tolist()))
+
+
+def test_class_weights_of_a_registered_lvis_json_come_from_its_categories(tmp_path):
+    """An LVIS registration (``detection/lvis_datasets.py``) gives the counts from its json's
+    categories without loading the set (the images do not even exist here)."""
+    import json
+
+    from mae_transfer.detection.lvis_datasets import register_lvis_instances
+
+    cats = [{"id": 2, "name": "b", "frequency": "c", "image_count": 9},
+            {"id": 1, "name": "a", "frequency": "r", "image_count": 4}]
+    images = [{"id": 1, "coco_url": "http://images.cocodataset.org/train2017/x.jpg",
+               "height": 10, "width": 10, "neg_category_ids": [],
+               "not_exhaustive_category_ids": []}]
+    (tmp_path / "lvis.json").write_text(json.dumps(
+        {"images": images, "categories": cats, "annotations": []}))
+    name = register_lvis_instances(f"fedloss_lvis_{uuid.uuid4().hex[:8]}",
+                                   tmp_path / "lvis.json", tmp_path)
+    assert get_fed_loss_cls_weights(name, 0.5).tolist() == [2.0, 3.0]
+    gone = register_lvis_instances(f"fedloss_gone_{uuid.uuid4().hex[:8]}",
+                                   tmp_path / "missing.json", tmp_path)
+    with pytest.raises(DatasetError, match="missing.json") as err:
+        get_fed_loss_cls_weights(gone, 0.5)
+    assert "\n" not in str(err.value)
