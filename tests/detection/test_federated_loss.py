@@ -127,6 +127,15 @@ def test_drawn_classes_follow_the_weights_and_never_repeat_a_ground_truth_class(
     assert torch.equal(first, fed_loss_classes(torch.tensor([1]), 3, 4, weight))
 
 
+def test_the_background_label_counts_towards_the_quota_as_in_detectron2():
+    weight = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # candidates: 1, 3, 5
+    for seed in range(20):
+        torch.manual_seed(seed)
+        kept = fed_loss_classes(torch.tensor([0, 2, K, K]), 5, K, weight).tolist()
+        assert kept[:3] == [0, 2, K] and len(kept) == 5
+        assert len(set(kept[3:]) & {1, 3, 5}) == 2  # 5 - 3 unique labels, background included
+
+
 def test_inference_scores_are_sigmoids_of_the_class_logits():
     pred = predictor(weights=[1.0] * K, test_score_thresh=0.3, test_topk_per_image=100)
     with torch.no_grad():
