@@ -3,7 +3,8 @@ backbone, data, schedule, optimizer) with ViTDet's three cascade stages (``commo
 each stage's class-agnostic predictor the LVIS one (sigmoid + federated loss, score 0.02, 300
 detections), as ViTDet's ``LVIS/cascade_mask_rcnn_vitdet_b_100ep.py`` sets ``box_predictors``.
 
-ViTDet's numbers with an MAE ViT-B (``LVIS/cascade_mask_rcnn_vitdet_b_100ep``): 43.0 box AP / 38.9 mask AP.
+ViTDet's numbers with an MAE ViT-B (``LVIS/cascade_mask_rcnn_vitdet_b_100ep``):
+43.0 box AP / 38.9 mask AP.
 
     python tools/train_det.py --config detection/configs/cascade_mask_rcnn_vitdet_b_lvis.py \
         --num-gpus 8 train.init_checkpoint=/path/to/mae_vit_base.safetensors

@@ -3,7 +3,8 @@ backbone, data, schedule, optimizer) with ViTDet's three cascade stages (``commo
 each stage's class-agnostic predictor the LVIS one (sigmoid + federated loss, score 0.02, 300
 detections), as ViTDet's ``LVIS/cascade_mask_rcnn_vitdet_h_100ep.py`` sets ``box_predictors``.
 
-ViTDet's numbers with an MAE ViT-H (``LVIS/cascade_mask_rcnn_vitdet_h_100ep``): 51.5 box AP / 46.6 mask AP.
+ViTDet's numbers with an MAE ViT-H (``LVIS/cascade_mask_rcnn_vitdet_h_100ep``):
+51.5 box AP / 46.6 mask AP.
 
     python tools/train_det.py --config detection/configs/cascade_mask_rcnn_vitdet_h_lvis.py \
         --num-gpus 8 train.init_checkpoint=/path/to/mae_vit_huge.safetensors

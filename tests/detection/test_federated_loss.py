@@ -127,6 +127,15 @@ def test_drawn_classes_follow_the_weights_and_never_repeat_a_ground_truth_class(
     assert torch.equal(first, fed_loss_classes(torch.tensor([1]), 3, 4, weight))
 
 
+def test_the_background_label_counts_towards_the_quota_as_in_detectron2():
+    weight = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])  # candidates: 1, 3, 5
+    for seed in range(20):
+        torch.manual_seed(seed)
+        kept = fed_loss_classes(torch.tensor([0, 2, K, K]), 5, K, weight).tolist()
+        assert kept[:3] == [0, 2, K] and len(kept) == 5
+        assert len(set(kept[3:]) & {1, 3, 5}) == 2  # 5 - 3 unique labels, background included
+
+
 def test_inference_scores_are_sigmoids_of_the_class_logits():
     pred = predictor(weights=[1.0] * K, test_score_thresh=0.3, test_topk_per_image=100)
     with torch.no_grad():
@@ -230,3 +239,27 @@ def test_cascade_stages_train_with_the_federated_loss_and_average_sigmoid_scores
     softmax_mean = sum(F.softmax(x, dim=-1) for x in logits) / 3
     assert not all(torch.isclose(softmax_mean[:, c], torch.tensor(s), rtol=1e-5).any()
                    for s, c in zip(out.scores.tolist(), out.pred_classes.tolist()))
+
+
+def test_class_weights_of_a_registered_lvis_json_come_from_its_categories(tmp_path):
+    """An LVIS registration (``detection/lvis_datasets.py``) gives the counts from its json's
+    categories without loading the set (the images do not even exist here)."""
+    import json
+
+    from mae_transfer.detection.lvis_datasets import register_lvis_instances
+
+    cats = [{"id": 2, "name": "b", "frequency": "c", "image_count": 9},
+            {"id": 1, "name": "a", "frequency": "r", "image_count": 4}]
+    images = [{"id": 1, "coco_url": "http://images.cocodataset.org/train2017/x.jpg",
+               "height": 10, "width": 10, "neg_category_ids": [],
+               "not_exhaustive_category_ids": []}]
+    (tmp_path / "lvis.json").write_text(json.dumps(
+        {"images": images, "categories": cats, "annotations": []}))
+    name = register_lvis_instances(f"fedloss_lvis_{uuid.uuid4().hex[:8]}",
+                                   tmp_path / "lvis.json", tmp_path)
+    assert get_fed_loss_cls_weights(name, 0.5).tolist() == [2.0, 3.0]
+    gone = register_lvis_instances(f"fedloss_gone_{uuid.uuid4().hex[:8]}",
+                                   tmp_path / "missing.json", tmp_path)
+    with pytest.raises(DatasetError, match="missing.json") as err:
+        get_fed_loss_cls_weights(gone, 0.5)
+    assert "\n" not in str(err.value)

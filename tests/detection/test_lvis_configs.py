@@ -161,3 +161,13 @@ def test_the_class_weights_come_from_the_training_set_the_config_names():
     assert node.dataset_names == "lvis_v1_train"
     cfg.dataloader.train.dataset.names = "my_lvis_train"
     assert node.dataset_names == "my_lvis_train"
+
+
+def test_the_config_saves_as_yaml_and_rebuilds_the_same_predictor(tmp_path, counts_dataset):
+    """``default_setup`` writes ``config.yaml``: no lambda (ViTDet's) that forces a pickle."""
+    cfg = _load("cascade_mask_rcnn_vitdet_b_lvis.py", counts_dataset)
+    LazyConfig.save(cfg, str(tmp_path / "config.yaml"))
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+    back = LazyConfig.load(str(tmp_path / "config.yaml"))
+    weights = torch.tensor([float(c["image_count"]) for c in COUNTS]) ** 0.5
+    _check_predictor(back.model.roi_heads.box_predictors[2], weights, agnostic=True)
