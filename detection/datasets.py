@@ -329,7 +329,7 @@ def _report_detectron2_repairs(json_file: Path, polygons: Dict[int, tuple],
 
 
 def image_file_errors(records: List[dict], image_root: Path,
-                         json_file: Path) -> Dict[int, str]:
+                      json_file: Path) -> Dict[int, str]:
     """``image_id -> one-line problem`` for every record whose file is missing, no image, or not
     the json's size (``detection/image_files.py``), naming the json and the image."""
     by_id = {r["image_id"]: r for r in records}

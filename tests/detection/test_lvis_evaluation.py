@@ -140,7 +140,8 @@ def test_reported_lvis_ap_is_lvis_eval_on_the_same_detections(lvis_val, lvis_min
         for metric in METRICS:
             assert _same(results[task][metric], direct[task][metric]), (task, metric)
             written = saved["results"][task][metric]
-            assert (written is None) if direct[task][metric] < 0 else written == results[task][metric]
+            expected = None if direct[task][metric] < 0 else results[task][metric]
+            assert written == expected, (task, metric)
         assert 1 < results[task]["AP"] < 90  # neither empty nor perfect
     if dataset == "lvis_no_rare_val":  # no rare category: APr is NaN (null), not -100
         assert saved["results"]["bbox"]["APr"] is None
