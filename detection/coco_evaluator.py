@@ -88,7 +88,7 @@ def describe_evaluator(evaluator) -> str:
     return type(evaluator).__name__
 
 
-def _fast_cocoeval_class(evaluated: List[str]):
+def fast_cocoeval_class(evaluated: List[str]):
     """faster-coco-eval's ``COCOeval_faster`` built as Detectron2 builds COCOeval (``cocoGt,
     cocoDt, iouType``); logs its summary as pycocotools prints it and records each task in
     ``evaluated`` (proof that it, not pycocotools, ran)."""
@@ -162,7 +162,7 @@ class FastCOCOEvaluator(COCOEvaluator):
             return super()._eval_predictions(predictions, img_ids=img_ids)
 
         evaluated: List[str] = []
-        with _detectron2_cocoeval(_fast_cocoeval_class(evaluated)):
+        with _detectron2_cocoeval(fast_cocoeval_class(evaluated)):
             super()._eval_predictions(predictions, img_ids=img_ids)
         if evaluated:
             self.backend_used = f"faster-coco-eval {faster_coco_eval_version()}"

@@ -90,16 +90,25 @@ def _jittered_polygon(rng, polygon: Sequence[float], w: float, h: float) -> List
     return ((xy - centre) * scale + centre + shift + noise).round(2).ravel().tolist()
 
 
-def _morphed_mask(rng, mask: np.ndarray) -> np.ndarray:
-    """The mask shifted by a few pixels, then eroded or dilated by 1-3 pixels (3x3 steps)."""
-    out = np.roll(mask, tuple(rng.integers(-3, 4, 2)), (0, 1)).astype(bool)
+def _morphed_mask(rng, rle: dict) -> dict:
+    """The mask shifted by up to 3 pixels, then eroded or dilated by 1-3 pixels (3x3 steps);
+    computed on the object's neighbourhood only (fast on large images)."""
+    height, width = rle["size"]
+    x, y, w, h = mask_util.toBbox(rle)
+    margin = 8  # > shift + growth: nothing leaves the crop
+    y0, x0 = max(int(y) - margin, 0), max(int(x) - margin, 0)
+    y1, x1 = min(int(y + h) + margin, height), min(int(x + w) + margin, width)
+    crop = mask_util.decode(rle)[y0:y1, x0:x1].astype(bool)
+    crop = np.roll(crop, tuple(rng.integers(-3, 4, 2)), (0, 1))
     grow = rng.random() < 0.5
     for _ in range(int(rng.integers(1, 4))):
-        padded = np.pad(out, 1, constant_values=False)
+        padded = np.pad(crop, 1, constant_values=False)
         shifted = [padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
                    for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-        out = np.logical_or.reduce(shifted) if grow else np.logical_and.reduce(shifted)
-    return out
+        crop = np.logical_or.reduce(shifted) if grow else np.logical_and.reduce(shifted)
+    out = np.zeros((height, width), dtype=np.uint8, order="F")
+    out[y0:y1, x0:x1] = crop
+    return mask_util.encode(out)
 
 
 def _encoded(rle: dict) -> dict:
@@ -140,8 +149,8 @@ def perturbed_detections(dataset: Dict, seed: int = 0, miss: float = 0.15,
         image = images[ann["image_id"]]
         height, width = image["height"], image["width"]
         x, y, w, h = ann["bbox"]
-        for copy in range(1 + int(rng.random() < duplicate)):
-            spread = 0.15 * (1 + copy)
+        for extra in range(1 + int(rng.random() < duplicate)):
+            spread = 0.15 * (1 + extra)
             dx, dy, dw, dh = rng.uniform(-spread, spread, 4) * [w, h, w, h]
             box = [x + dx, y + dy, max(1.0, w + dw), max(1.0, h + dh)]
             segmentation = ann["segmentation"]
@@ -149,8 +158,7 @@ def perturbed_detections(dataset: Dict, seed: int = 0, miss: float = 0.15,
                 polygons = [_jittered_polygon(rng, p, w, h) for p in segmentation if len(p) >= 6]
                 rle = _rle(polygons, height, width)
             else:
-                mask = mask_util.decode(_rle(segmentation, height, width))
-                rle = mask_util.encode(np.asfortranarray(_morphed_mask(rng, mask), dtype=np.uint8))
+                rle = _morphed_mask(rng, _rle(segmentation, height, width))
             category = ann["category_id"] if rng.random() >= wrong_class else rng.choice(cat_ids)
             add(image, category, box, rle)
 

@@ -32,7 +32,7 @@ from detectron2.structures import Boxes, Instances
 
 from mae_transfer.detection.cli import UsageError
 from mae_transfer.detection.coco_evaluator import (FastCOCOEvaluator, _detectron2_cocoeval,
-                                                   _fast_cocoeval_class, describe_evaluator)
+                                                   fast_cocoeval_class, describe_evaluator)
 from mae_transfer.tools.synthetic_detections import perturbed_detections, synthetic_ground_truth
 
 #: pycocotools' precision where tp + fp == 1 (it adds np.spacing(1) to the denominator).
@@ -65,7 +65,7 @@ def _run(cocoeval_class, dataset: dict, detections: list, iou_type: str):
 
 def _assert_pycocotools_numbers(dataset, detections, iou_type):
     ran = []
-    ours = _run(_fast_cocoeval_class(ran), dataset, detections, iou_type)
+    ours = _run(fast_cocoeval_class(ran), dataset, detections, iou_type)
     reference = _run(COCOeval, dataset, detections, iou_type)
     assert ran == [iou_type]  # faster-coco-eval did run
     assert len(ours.stats) == len(reference.stats) == 12
@@ -219,7 +219,7 @@ def test_backend_pycocotools_runs_pycocotools(small, monkeypatch):
     name, pairs = small
     ran = []
     monkeypatch.setattr(sys.modules["mae_transfer.detection.coco_evaluator"],
-                        "_fast_cocoeval_class", lambda *a: ran.append(1))
+                        "fast_cocoeval_class", lambda *a: ran.append(1))
     evaluator = FastCOCOEvaluator(name, tasks=("bbox", "segm"), distributed=False,
                                   backend="pycocotools")
     expected = _evaluate(COCOEvaluator(name, tasks=("bbox", "segm"), distributed=False,
