@@ -48,7 +48,7 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=4,
 )
-# Detectron2's COCOEvaluator with the AP computed by faster-coco-eval (pycocotools' numbers, 3-4x
-# faster); backend="pycocotools" runs pycocotools itself, as does "auto" without faster-coco-eval.
+# Detectron2's COCOEvaluator with the AP computed by faster-coco-eval (pycocotools' numbers, 4-7x
+# less CPU time); backend="pycocotools" runs pycocotools itself, as does "auto" without it.
 dataloader.evaluator = L(FastCOCOEvaluator)(
     dataset_name="${..test.dataset.names}", tasks=("bbox", "segm"), backend="auto")
