@@ -1,14 +1,18 @@
 """COCO box / mask evaluation of a detector: the AP table in the log, the numbers as JSON.
 
-Runs the config's test loader and ``COCOEvaluator`` (pycocotools' own evaluation,
-``use_fast_impl=False``: the fast one needs Detectron2's compiled extension), or for an LVIS
-dataset ``LVISEvaluator`` (``detection/lvis_evaluation.py``; chosen for an LVIS dataset whatever
-the config names; the table and the JSON then have APr, APc, APf too), then
+Runs the config's test loader and evaluator (the COCO configs:
+``mae_transfer.detection.coco_evaluator.FastCOCOEvaluator``, Detectron2's ``COCOEvaluator`` whose
+AP is faster-coco-eval's, equal to pycocotools'; pycocotools itself when asked or when
+faster-coco-eval is missing), or for an LVIS dataset ``LVISEvaluator``
+(``detection/lvis_evaluation.py``; chosen for an LVIS dataset whatever the config names; the table
+and the JSON then have APr, APc, APf too), then
 
-- logs the usual AP table (rows bbox / segm; AP, AP50, AP75, APs, APm, APl, in percent);
+- logs the usual AP table (rows bbox / segm; AP, AP50, AP75, APs, APm, APl, in percent) and
+  which COCO implementation computed it;
 - writes ``<output_dir>/inference/coco_eval_<tag>.json`` and, as the latest result,
-  ``<output_dir>/coco_eval.json``: dataset, iteration, and every metric (per category too);
-  NaN (e.g. no predictions, no small objects) becomes ``null`` so the file is strict JSON.
+  ``<output_dir>/coco_eval.json``: dataset, iteration, evaluator (that implementation), and every
+  metric (per category too); NaN (e.g. no predictions, no small objects) becomes ``null`` so the
+  file is strict JSON.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from detectron2.utils import comm  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from mae_transfer.tools.atomic import atomic_write  # noqa: E402
+from mae_transfer.detection.coco_evaluator import describe_evaluator  # noqa: E402
 from mae_transfer.detection.datasets import check_num_classes  # noqa: E402
 from mae_transfer.detection.lvis_evaluation import (FREQUENCY_COLUMNS,  # noqa: E402
                                                     evaluator_for_dataset)
@@ -65,9 +70,10 @@ def _json_safe(value):
 
 
 def write_results_json(results: dict, output_dir: str, dataset: str,
-                       iteration: Optional[int]) -> str:
+                       iteration: Optional[int], evaluator: Optional[str] = None) -> str:
     """Write the results (see the module docstring) atomically; returns the per-run file path."""
-    payload = _json_safe({"dataset": dataset, "iteration": iteration, "results": results})
+    payload = _json_safe({"dataset": dataset, "iteration": iteration, "evaluator": evaluator,
+                          "results": results})
     tag = "final" if iteration is None else f"iter{iteration:07d}"
     folder = os.path.join(output_dir, "inference")
     os.makedirs(folder, exist_ok=True)
@@ -98,10 +104,12 @@ def evaluate(cfg, model: torch.nn.Module, iteration: Optional[int] = None) -> di
     if comm.is_main_process():
         when = "final" if iteration is None else f"iteration {iteration}"
         kind = "LVIS" if isinstance(evaluator, LVISEvaluator) else "COCO"
-        logger.info("%s evaluation on %s (%s):\n%s", kind, names, when, format_ap_table(results))
+        used = describe_evaluator(evaluator)
+        logger.info("%s evaluation on %s (%s), computed by %s:\n%s", kind, names, when, used,
+                    format_ap_table(results))
         if not results:
             logger.warning("no AP for %s: its json has no 'annotations' (a test split); the "
                            "predictions are in %s", names, cfg.dataloader.evaluator.output_dir)
-        path = write_results_json(dict(results), output_dir, names, iteration)
+        path = write_results_json(dict(results), output_dir, names, iteration, used)
         logger.info("evaluation results written to %s", path)
     return results

@@ -20,6 +20,7 @@ APf (AP over the rare / common / frequent categories), in percent. Ours on top:
 from __future__ import annotations
 
 import logging
+import importlib.metadata
 import math
 
 from mae_transfer.detection import compat
@@ -49,6 +50,8 @@ class LVISEvaluator(Detectron2LVISEvaluator):
                  output_dir=None, *, max_dets_per_image: int = MAX_DETS_PER_IMAGE):
         super().__init__(dataset_name, tasks, distributed, output_dir,
                          max_dets_per_image=max_dets_per_image)
+        #: what computed the numbers, for the log and ``coco_eval.json`` (as FastCOCOEvaluator's)
+        self.backend_used = f"lvis {importlib.metadata.version('lvis')} LVISEval"
         problem = lvis_format_problem(self._lvis_api.dataset)
         if problem:
             raise DatasetError(f"{self._metadata.json_file}: not an LVIS json, which "

@@ -16,8 +16,7 @@ import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (build_detection_test_loader, build_detection_train_loader,
                              get_detection_dataset_dicts)
-from detectron2.evaluation import COCOEvaluator
-
+from mae_transfer.detection.coco_evaluator import FastCOCOEvaluator
 from mae_transfer.detection.mapper import CheckedDatasetMapper
 
 IMAGE_SIZE = 1024
@@ -49,7 +48,7 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=4,
 )
-# The fast evaluator needs Detectron2's compiled extension; pycocotools' evaluation gives the
-# same numbers.
-dataloader.evaluator = L(COCOEvaluator)(
-    dataset_name="${..test.dataset.names}", tasks=("bbox", "segm"), use_fast_impl=False)
+# Detectron2's COCOEvaluator with the AP computed by faster-coco-eval (pycocotools' numbers, 4-7x
+# less CPU time); backend="pycocotools" runs pycocotools itself, as does "auto" without it.
+dataloader.evaluator = L(FastCOCOEvaluator)(
+    dataset_name="${..test.dataset.names}", tasks=("bbox", "segm"), backend="auto")
