@@ -53,8 +53,8 @@ from mae_transfer.segmentation.distributed import (choose_launcher, decide_resum
 from mae_transfer.segmentation.file_backend import ATOMIC_BACKEND_ARGS
 from mae_transfer.segmentation.hooks import SegResultsJSONHook
 from mae_transfer.segmentation.stop_hook import StopOnSignalHook
-from mae_transfer.segmentation.tta import describe_tta, use_tta_pipeline, wrap_tta_model
 from mae_transfer.segmentation.runner import FullCheckpointRunner
+from mae_transfer.segmentation.tta import describe_tta, use_tta_pipeline, wrap_tta_model
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:

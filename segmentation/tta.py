@@ -46,8 +46,6 @@ from mmseg.models.segmentors import SegTTAModel  # noqa: E402
 from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
 
-#: The MAE recipe's test ratios (MMSeg 0.x ``img_ratios``); the configs list them.
-MAE_TTA_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 #: Metainfo of the image itself (not of one augmentation) kept on the merged prediction.
 IMAGE_KEYS = ("img_path", "seg_map_path", "ori_shape", "reduce_zero_label")
 
