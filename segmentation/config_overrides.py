@@ -8,7 +8,7 @@ closest key). Which nodes may gain keys:
 - a ``*_dataloader`` dict: ``torch.utils.data.DataLoader``'s parameters (the Runner passes them
   on), plus ``sampler`` / ``batch_sampler`` / ``dataset``;
 - the top level: ``Runner``'s parameters, and the few keys read from the config itself
-  (``compile``: ``tools/train_seg.py``; ``activation_checkpointing``: ``Runner.train``);
+  (``compile``, ``tta``: ``tools/train_seg.py``; ``activation_checkpointing``: ``Runner.train``);
 - any other plain dict (``env_cfg``, ``model.test_cfg``): only its keys.
 
 ``+key=value`` adds a key on purpose, unchecked (the ``+`` is dropped before merging).
@@ -21,7 +21,8 @@ from mae_transfer.tools.overrides import accepted_parameters, check_override, sp
 
 #: Top-level keys read beyond the Runner's parameters (by the entry points, or by
 #: ``Runner.train`` from its config).
-ENTRY_KEYS = {"compile", "runner_type", "activation_checkpointing", "efficient_conv_bn_eval"}
+ENTRY_KEYS = {"compile", "runner_type", "activation_checkpointing", "efficient_conv_bn_eval",
+              "tta"}
 LOADER_KEYS = {"dataset", "sampler", "batch_sampler", "collate_fn"}
 
 

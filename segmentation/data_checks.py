@@ -19,7 +19,7 @@ label PNG was silently read modulo 256 (``LoadAnnotations`` casts to uint8: clas
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, List, Mapping, Optional, Tuple
+from typing import Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -157,13 +157,24 @@ class CheckedLoadAnnotations(LoadAnnotations):
                            f"class of the config's {k} takes: {allowed}")
 
 
+def pipeline_steps(pipeline) -> Iterator[dict]:
+    """Every transform dict of a pipeline, also those nested in a wrapper's ``transforms``
+    (``TestTimeAug``'s list of branch lists, ``RandomChoice``, ...)."""
+    for step in pipeline or []:
+        if isinstance(step, (list, tuple)):
+            yield from pipeline_steps(step)
+        elif isinstance(step, dict):
+            yield step
+            yield from pipeline_steps(step.get("transforms"))
+
+
 def use_checked_loaders(pipeline: Optional[List[dict]], num_classes: Optional[int],
                         ignore_index: int = 255) -> int:
-    """Put the checked loaders in place of MMSeg's in ``pipeline`` (arguments kept); returns how
-    many were replaced."""
+    """Put the checked loaders in place of MMSeg's in ``pipeline``, nested ones included
+    (arguments kept); returns how many were replaced."""
     replaced = 0
-    for step in pipeline or []:
-        if isinstance(step, dict) and step.get("type") in CHECKED_LOADERS:
+    for step in pipeline_steps(pipeline):
+        if step.get("type") in CHECKED_LOADERS:
             step["type"] = CHECKED_LOADERS[step["type"]]
             if step["type"] == "CheckedLoadAnnotations":
                 step.setdefault("num_classes", num_classes)

@@ -28,6 +28,9 @@ The config adaptations, each logged, are what a user would otherwise edit by han
   class for (16-bit label maps read as stored), is one line naming the file.
 - ``--cfg-options``: each key is checked against the config first (``config_overrides``): a key
   the config does not have is one line naming the closest one, not a silently added key.
+- ``--tta`` (or ``tta=True`` in the config): the test set reads ``tta_pipeline`` and the model is
+  ``tta_model`` around the segmentor (``segmentation.tta``), for an evaluation only; the
+  results JSON says what was used (``"tta"``: ratios, flip, ...; None without).
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ from mae_transfer.segmentation.file_backend import ATOMIC_BACKEND_ARGS
 from mae_transfer.segmentation.hooks import SegResultsJSONHook
 from mae_transfer.segmentation.stop_hook import StopOnSignalHook
 from mae_transfer.segmentation.runner import FullCheckpointRunner
+from mae_transfer.segmentation.tta import describe_tta, use_tta_pipeline, wrap_tta_model
 
 
 def add_common_args(ap: argparse.ArgumentParser) -> None:
@@ -155,10 +159,13 @@ def ensure_hook(cfg: Config, hook_type: str) -> dict:
     return found[0]
 
 
-def ensure_results_hook(cfg: Config, test_json: Optional[str] = None) -> None:
+def ensure_results_hook(cfg: Config, test_json: Optional[str] = None,
+                        test_info: Optional[dict] = None) -> None:
     hook = ensure_hook(cfg, "SegResultsJSONHook")
     if test_json:
         hook["test_json"] = test_json
+    if test_info:
+        hook["test_info"] = test_info
 
 
 def load_config(args) -> Config:
@@ -176,10 +183,26 @@ def load_config(args) -> Config:
         set_data_root(cfg, args.data_root)
     sync_num_classes(cfg)
     check_num_classes(_datasets(cfg), cfg.model)
+    choose_tta(cfg, args)
     check_data_at_load_time(cfg)
     adapt_to_device(cfg)
     start_process_group(cfg)
     return cfg
+
+
+def choose_tta(cfg: Config, args) -> None:
+    """``--tta`` or the config's ``tta=True``: an evaluation with ``tta_pipeline`` (the model is
+    wrapped in ``run_test``, after the checks that read the segmentor's config). Training refuses
+    it (one line): validation during training stays single-scale."""
+    if getattr(args, "tta", False):
+        cfg.tta = True
+    if not cfg.get("tta"):
+        return
+    if not getattr(args, "eval_only", False):
+        raise ValueError("--tta / tta=True is test-time augmentation for an evaluation: give "
+                         "--eval-only --checkpoint CKPT (or use tools/test_seg.py); validation "
+                         "during training is single-scale")
+    use_tta_pipeline(cfg)
 
 
 def check_data_at_load_time(cfg: Config) -> None:
@@ -257,8 +280,11 @@ def run_test(cfg: Config, checkpoint: str, out: Optional[str] = None) -> Optiona
     cfg.model.pretrained = None
     if "pretrained" in cfg.model.backbone:
         cfg.model.backbone.pretrained = None
+    tta = describe_tta(cfg) if cfg.get("tta") else None
+    if tta:
+        wrap_tta_model(cfg)
     out = out or osp.join(cfg.work_dir, "test_results.json")
-    ensure_results_hook(cfg, test_json=out)
+    ensure_results_hook(cfg, test_json=out, test_info={"tta": tta})
     runner = build_runner(cfg)
     runner.test()
     return results_hook(runner).last_test

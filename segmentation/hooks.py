@@ -5,7 +5,8 @@
 After each validation: ``<work_dir>/val_results/iter_<N>.json`` and ``val_results/latest.json``;
 after a test run: ``<work_dir>/test_results.json`` (or the path given as ``test_json``). Each file
 holds the summary metrics (aAcc, mIoU, mAcc in %), the per-class table when the evaluator is a
-``PerClassIoUMetric``, the iteration, the checkpoint evaluated (test) and the class names.
+``PerClassIoUMetric``, the iteration, the checkpoint evaluated (test), the class names, and for
+a test what the entry point adds (``test_info``: the test-time augmentation used, or None).
 Writes are atomic (temp file + rename), so a crash never leaves a half-written result.
 Only rank 0 writes, and it keeps the last record in memory (``last_val`` / ``last_test``), which
 is what the entry points print: no rank reads a results file (one another rank wrote, or a stale
@@ -53,12 +54,14 @@ def _plain(metrics: Optional[Dict]) -> Dict:
 
 @HOOKS.register_module()
 class SegResultsJSONHook(Hook):
-    """See the module docstring; ``test_json`` overrides the test results path."""
+    """See the module docstring; ``test_json`` overrides the test results path; ``test_info``
+    (plain JSON values, e.g. ``{"tta": ...}``) is added to the test record."""
 
     priority = "LOW"
 
-    def __init__(self, test_json: Optional[str] = None):
+    def __init__(self, test_json: Optional[str] = None, test_info: Optional[Dict] = None):
         self.test_json = test_json
+        self.test_info = dict(test_info or {})
         self.last_val: Optional[Dict] = None
         self.last_test: Optional[Dict] = None
 
@@ -81,6 +84,7 @@ class SegResultsJSONHook(Hook):
     def after_test_epoch(self, runner, metrics=None) -> None:
         record = self._record(runner, metrics, runner.test_evaluator)
         record["checkpoint"] = runner.cfg.get("load_from") if runner.cfg else None
+        record.update(self.test_info)
         path = write_json_atomic(record, self.test_json or osp.join(runner.work_dir,
                                                                      "test_results.json"))
         self.last_test = record

@@ -4,7 +4,8 @@ Configs name this module in ``custom_imports``, so ``Config.fromfile`` registers
 refer to: the ``MAEViT`` backbone, the ``ADELayoutDataset``, the ``PerClassIoUMetric``, the
 ``SegResultsJSONHook``, the ``FiniteLossHook``, the ``StopOnSignalHook``, the checked image /
 label loaders of ``data_checks``, the ``ViTLayerDecayOptimizerConstructor``, the
-``FullCheckpointRunner`` and the ``atomic_local`` file backend.
+``FullCheckpointRunner``, the ``atomic_local`` file backend, and the test-time augmentation's
+``ResizeToRatio`` transform and ``AveragedSegTTAModel``.
 """
 from mae_transfer.segmentation import compat
 
@@ -23,8 +24,9 @@ from mae_transfer.segmentation.optim_constructor import (  # noqa: E402
     ViTLayerDecayOptimizerConstructor)
 from mae_transfer.segmentation.runner import FullCheckpointRunner  # noqa: E402
 from mae_transfer.segmentation.stop_hook import StopOnSignalHook  # noqa: E402
+from mae_transfer.segmentation.tta import AveragedSegTTAModel, ResizeToRatio  # noqa: E402
 
 __all__ = ["MAEViT", "ADELayoutDataset", "AtomicLocalBackend", "SegResultsJSONHook",
            "FiniteLossHook", "CheckedLoadAnnotations", "CheckedLoadImageFromFile",
            "PerClassIoUMetric", "ViTLayerDecayOptimizerConstructor", "FullCheckpointRunner",
-           "StopOnSignalHook"]
+           "StopOnSignalHook", "AveragedSegTTAModel", "ResizeToRatio"]

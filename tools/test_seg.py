@@ -1,10 +1,11 @@
 """Evaluate a trained UperNet checkpoint (mIoU + per-class table, written as JSON).
 
     python tools/test_seg.py CONFIG CHECKPOINT [--data-root ROOT] [--work-dir DIR] [--out FILE]
-                             [--cfg-options k=v ...] [--launcher pytorch]
+                             [--cfg-options k=v ...] [--launcher pytorch] [--tta]
 
 The same as ``tools/train_seg.py CONFIG --eval-only --checkpoint CHECKPOINT``; results go to
-FILE (default: WORK_DIR/test_results.json) and the summary is printed.
+FILE (default: WORK_DIR/test_results.json) and the summary is printed. ``--tta``: multi-scale +
+flip test-time augmentation (the config's ``tta_pipeline`` and ``tta_model``).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
     python tools/train_seg.py CONFIG [--work-dir DIR] [--data-root ROOT] [--pretrained CKPT]
                               [--resume [CKPT] | --overwrite] [--cfg-options k=v ...] [--compile]
-    python tools/train_seg.py CONFIG --eval-only --checkpoint CKPT [--out results.json]
+    python tools/train_seg.py CONFIG --eval-only --checkpoint CKPT [--out results.json] [--tta]
     torchrun --nproc_per_node 8 tools/train_seg.py CONFIG --launcher pytorch ...
 
 Multi-process (``segmentation/distributed.py``): under torchrun every process is a rank (also
@@ -16,7 +16,9 @@ or ``--overwrite`` replaces it; one in use by a running training is refused.
 
 Configs live in segmentation/configs/ (ViT-B / ViT-L on ADE20K, a tiny CPU one). Validation runs
 during training (IoUMetric: mIoU and the per-class table) and each result is written as JSON under
-<work-dir>/val_results/; --eval-only writes <work-dir>/test_results.json. Errors about the inputs
+<work-dir>/val_results/; --eval-only writes <work-dir>/test_results.json (``--tta``: multi-scale +
+flip testing with the config's ``tta_pipeline`` / ``tta_model``, segmentation/tta.py; an
+evaluation only, refused in one line for training). Errors about the inputs
 (missing files, bad layout, bad checkpoint, an unknown --cfg-options key) and a work dir (or
 --out file) that cannot be written (missing and not creatable, read-only, a disk that fills up
 mid-run: the previous checkpoint stays the latest) are one line on stderr with exit status 2; a
@@ -64,6 +66,9 @@ def parse_args(argv=None):
     ap.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint")
     ap.add_argument("--checkpoint", help="checkpoint to evaluate with --eval-only")
     ap.add_argument("--out", help="results JSON of --eval-only (default: WORK_DIR/test_results.json)")
+    ap.add_argument("--tta", action="store_true",
+                    help="with --eval-only: multi-scale + flip test-time augmentation (the "
+                         "config's tta_pipeline and tta_model; see docs/segmentation.md)")
     args = ap.parse_args(argv)
     if args.eval_only and not args.checkpoint:
         ap.error("--eval-only needs --checkpoint CKPT")

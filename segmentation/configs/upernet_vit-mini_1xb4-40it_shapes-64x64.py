@@ -34,6 +34,18 @@ test_pipeline = [
     dict(type='LoadAnnotations'),  # the dataset's reduce_zero_label=True applies
     dict(type='PackSegInputs'),
 ]
+# --tta: the recipe's ratios and flip around this config's 128 px scale, short side >= the crop.
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='ResizeToRatio', scale=(128, 128), ratio=r, min_short=64)
+         for r in [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]],
+        [dict(type='RandomFlip', prob=0., direction='horizontal'),
+         dict(type='RandomFlip', prob=1., direction='horizontal')],
+        [dict(type='LoadAnnotations')],
+        [dict(type='PackSegInputs')],
+    ]),
+]
 train_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, pipeline=train_pipeline))
