@@ -11,7 +11,9 @@ Accepted: official MAE releases and MAE training checkpoints (``{'model': ...}``
 (``backbone.net.`` prefix, ``{'model': ...}``), MMSeg exports of ``MAEViT`` (``backbone.`` prefix,
 ``{'state_dict': ...}``), and MMSeg ``MAE`` / ``BEiT`` backbones or segmentors and unilm BEiT files
 (renamed by ``backbones.beit_layout``), our MMEngine segmentation checkpoints and a Detectron2
-run's ``model_final.pth``. Files are read with ``weights_only=True`` and exactly the framework
+run's ``model_final.pth``, and Hugging Face ViT / ViTMAE ``save_pretrained`` folders
+(``read_hf_folder``; their names are turned into ours by the reader, ``backbones.hf_layout``).
+Files are read with ``weights_only=True`` and exactly the framework
 objects those hold allow-listed (``checkpoint_safe_globals``): a pickle that would run code is
 refused, never executed. The list of layouts: docs/checkpoints.md.
 """

@@ -6,8 +6,9 @@ Every caller that reads weights (``backbones.load_pretrained``, detection's
 decides what to log and what to require, so a new layout is added here once and every report
 reads the same. The layouts, how each is recognised and which test covers it: docs/checkpoints.md.
 
-``read_weights(path)`` reads a file once (``backbones.checkpoint_files``: ``weights_only=True``,
-framework objects allow-listed) and recognises its layout. ``read_weights(path_or_weights, model)``
+``read_weights(path)`` reads a file (or a Hugging Face folder) once (``backbones.checkpoint_files``:
+``weights_only=True``, framework objects allow-listed) and recognises its layout; Hugging Face
+names become ours right away (``backbones.hf_layout``), decoder included. ``read_weights(path_or_weights, model)``
 also fits the tensors to ``model`` (position-embedding grid, relative-position tables, patch
 kernel: ``backbones.loading``), refuses what cannot fit, and lists the missing /
 unexpected / resized keys. It never loads anything: ``Weights.load_into(model)`` does, so a caller
@@ -25,10 +26,10 @@ from typing import Iterable, List, Sequence, Union
 import torch.nn as nn
 
 from mae_transfer.backbones.beit_layout import is_mmseg_beit
-from mae_transfer.backbones.hf_layout import from_hf, hf_has_decoder, is_hf_vit
 from mae_transfer.backbones.checkpoint_files import (DECODER_KEY, CheckpointError, StateDict,
                                                      describe_layout, read_file, split_encoder,
                                                      strip_backbone_prefix, strip_ddp_prefix)
+from mae_transfer.backbones.hf_layout import from_hf, hf_has_decoder, is_hf_vit
 from mae_transfer.backbones.loading import (CheckpointReport, adapt_state_dict, check_coverage,
                                             check_rel_pos_kind)
 
@@ -79,8 +80,8 @@ def recognise_layout(path: Path, top_keys: Sequence[str], keys: Iterable[str]) -
         files = top_keys if len(top_keys) <= 3 else [*top_keys[:2], f"{len(top_keys) - 2} shards"]
         return f"Hugging Face folder ({', '.join(files)}): {naming}"
     if path.suffix == ".safetensors":
-        return f"{'safetensors' if naming in (HF_LAYOUT, HF_MAE_LAYOUT) else 'ours (safetensors)'}" \
-               f": {naming}"
+        container = "safetensors" if naming in (HF_LAYOUT, HF_MAE_LAYOUT) else "ours (safetensors)"
+        return f"{container}: {naming}"
     if "message_hub" in top_keys:
         return f"MMEngine checkpoint: {naming}"
     if "meta" in top_keys and "model" in top_keys:
@@ -96,6 +97,7 @@ class Weights:
     meta: dict
     report: CheckpointReport
     raw: StateDict  # every tensor of the file, DDP prefix stripped, under the file's names
+    #                 (Hugging Face names excepted: renamed to ours as read, backbones.hf_layout)
 
     @property
     def whole_detector(self) -> bool:

@@ -1,4 +1,4 @@
-"""The Hugging Face ``transformers`` ViT / ViTMAE layout of a ViT (and MAE decoder), to and from ours.
+"""The Hugging Face ``transformers`` ViT / ViTMAE layout of a ViT and MAE decoder, to and from ours.
 
 Most MAE weights are shared on the Hugging Face hub (``facebook/vit-mae-base/large/huge`` and
 many domain MAEs trained with ``ViTMAEForPreTraining``). They are the official MAE tensors under
@@ -14,11 +14,11 @@ ours (= official MAE / timm)           Hugging Face (``ViTMAEForPreTraining``: e
 ``cls_token``                          ``embeddings.cls_token``
 ``pos_embed`` (cls row first)          ``embeddings.position_embeddings`` (the same rows)
 ``patch_embed.proj.*``                 ``embeddings.patch_embeddings.projection.*``
-``blocks.{i}.norm1.*`` / ``norm2.*``   ``encoder.layer.{i}.layernorm_before.*`` / ``layernorm_after.*``
+``blocks.{i}.norm1.*`` / ``norm2.*``   ``encoder.layer.{i}.layernorm_before.*`` / ``_after.*``
 ``blocks.{i}.attn.qkv.*`` (q, k, v     ``encoder.layer.{i}.attention.attention.{query,key,value}.*``
 stacked in that order)
 ``blocks.{i}.attn.proj.*``             ``encoder.layer.{i}.attention.output.dense.*``
-``blocks.{i}.mlp.fc1.*`` / ``fc2.*``   ``encoder.layer.{i}.intermediate.dense.*`` / ``output.dense.*``
+``blocks.{i}.mlp.fc1.*`` / ``fc2.*``   ``encoder.layer.{i}.intermediate.dense.*`` / ``output.dense``
 ``norm.*``                             ``layernorm.*``
 ``mask_token``, ``decoder_embed.*``,   ``decoder.mask_token``, ``decoder.decoder_embed.*``,
 ``decoder_pos_embed``,                 ``decoder.decoder_pos_embed``,
@@ -60,7 +60,8 @@ _TOP = (("cls_token", "embeddings.cls_token"), ("pos_embed", "embeddings.positio
 _DECODER_TOP = (("mask_token", "decoder.mask_token"),
                 ("decoder_pos_embed", "decoder.decoder_pos_embed"),
                 ("decoder_embed.", "decoder.decoder_embed."),
-                ("decoder_norm.", "decoder.decoder_norm."), ("decoder_pred.", "decoder.decoder_pred."))
+                ("decoder_norm.", "decoder.decoder_norm."),
+                ("decoder_pred.", "decoder.decoder_pred."))
 #: Per-block names: (ours, hub / transformers 4 name (written), transformers 5 module name).
 _BLOCK = (("norm1.", "layernorm_before.", "layernorm_before."),
           ("attn.proj.", "attention.output.dense.", "attention.o_proj."),

@@ -34,7 +34,8 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def photos(count: int, size: int) -> tuple[torch.Tensor, str]:
-    """``count`` photos as MAE's evaluation transform makes them (resize, centre crop, normalise)."""
+    """``count`` photos as MAE's evaluation transform makes them (resize, centre crop,
+    normalise)."""
     from PIL import Image
     from torchvision import transforms
 

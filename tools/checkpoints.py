@@ -15,8 +15,8 @@ prefix, ``{'model': ...}``), MMSeg exports of ``MAEViT`` (``backbone.`` prefix,
 (renamed by ``backbones.hf_layout``). Writers: ``ours``, ``timm``, ``detectron2``, ``mmseg`` (our
 ``MAEViT`` inside an MMSeg ``EncoderDecoder``), ``mmseg-mae`` (MMSeg's own ``MAE`` backbone:
 the file its ``init_cfg=dict(type='Pretrained', ...)`` / ``model.pretrained`` loads, unprefixed
-keys in ``{'state_dict': ...}``) and ``hf`` (a Hugging Face ``ViTMAEModel`` / ``ViTMAEForPreTraining``
-folder, ``backbones.hf_layout``).
+keys in ``{'state_dict': ...}``) and ``hf`` (a Hugging Face ``ViTMAEModel`` /
+``ViTMAEForPreTraining`` folder, ``backbones.hf_layout``).
 
 Files are read with ``weights_only=True`` (the framework objects of our MMEngine and Detectron2
 checkpoints allow-listed): a pickle that would run code is refused, never executed.

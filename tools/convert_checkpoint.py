@@ -20,8 +20,10 @@ Face folder. Errors are one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -60,9 +62,17 @@ def convert(src: str, dst: str, to: str, num_heads: int = 0, decoder_num_heads: 
             model_config["decoder_num_heads"] = decoder_num_heads
         meta["model_config"] = model_config
     write_checkpoint(state, dst, to, meta)
-    return {"tensors": len(state), "dropped": dropped,
-            "architecture": describe_architecture(state),
-            "layout": weights.report.layout}
+    summary = {"tensors": len(state), "dropped": dropped,
+               "architecture": describe_architecture(state), "layout": weights.report.layout}
+    if to == "hf":  # what no tensor records: say what config.json got
+        config = json.loads((Path(dst) / "config.json").read_text())
+        summary["config"] = (
+            f"{config['architectures'][0]}, {config['num_attention_heads']} heads"
+            + (f", decoder {config['decoder_num_attention_heads']} heads"
+               if "decoder_num_attention_heads" in config else "")
+            + f", layer_norm_eps {config['layer_norm_eps']:g}, mask_ratio "
+              f"{config['mask_ratio']:g}, norm_pix_loss {config['norm_pix_loss']}")
+    return summary
 
 
 def main(argv=None) -> int:
@@ -85,7 +95,8 @@ def main(argv=None) -> int:
         return 2
     print(f"read {args.src} as {summary['layout']}; "
           f"wrote {args.dst} ({args.to}): {summary['tensors']} tensors, "
-          f"ViT with {summary['architecture']}; dropped {len(summary['dropped'])} non-encoder keys")
+          f"ViT with {summary['architecture']}; dropped {len(summary['dropped'])} non-encoder keys"
+          + (f"; config.json: {summary['config']}" if "config" in summary else ""))
     return 0
 
 

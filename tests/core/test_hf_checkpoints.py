@@ -262,7 +262,7 @@ def _transformers_loads(cls, folder):
     return model.eval(), {k: list(v) for k, v in info.items() if v}
 
 
-def test_an_encoder_converts_to_a_folder_vitmae_model_loads_exactly(tmp_path):
+def test_an_encoder_converts_to_a_folder_vitmae_model_loads_exactly(tmp_path, capsys):
     mae = our_mae(seed=11)
     with torch.no_grad():
         for p in mae.parameters():
@@ -270,6 +270,11 @@ def test_an_encoder_converts_to_a_folder_vitmae_model_loads_exactly(tmp_path):
     src = write_checkpoint(mae.encoder_state_dict(), tmp_path / "enc.safetensors", "ours",
                            {"num_heads": 4, "img_size": [32, 32], "patch_size": [8, 8]})
     assert convert_main([str(src), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        "; config.json: ViTMAEModel, 4 heads, layer_norm_eps 1e-06, mask_ratio 0.75, "
+        "norm_pix_loss False")
+    assert convert_main([str(src), str(tmp_path / "hf2"), "--to", "hf", "--num-heads", "2"]) == 0
+    assert json.loads((tmp_path / "hf2" / "config.json").read_text())["num_attention_heads"] == 2
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == ["ViTMAEModel"] and config["layer_norm_eps"] == NORM_EPS
     assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"],
