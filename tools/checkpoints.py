@@ -64,9 +64,9 @@ def write_hf_folder(state: StateDict, folder: str | os.PathLike, meta: dict | No
     atomically, the weights first: a folder with a ``config.json`` has its weights.
     """
     folder = Path(folder)
-    if folder.is_file():
-        raise ValueError(f"{folder} is a file; --to hf writes a folder (config.json + "
-                         f"model.safetensors)")
+    if folder.is_file() or folder.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ValueError(f"{folder} names a file; --to hf writes a folder (config.json + "
+                         f"model.safetensors): give a folder name")
     config = hf_config(state, meta)
     hf_state, _ = to_hf(state)
     data = _safetensors_bytes(hf_state, {"format": "pt", META_KEY: json.dumps(meta or {})})

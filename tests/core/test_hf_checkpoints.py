@@ -343,6 +343,10 @@ def test_what_transformers_cannot_compute_is_refused_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rel_pos_h: transformers' ViT / ViTMAE has no" in err
     assert not (tmp_path / "hf").exists()
+    plain = write_checkpoint(our_vit().state_dict(), tmp_path / "vit.safetensors", "ours")
+    assert convert_main([str(plain), str(tmp_path / "vit_hf.safetensors"), "--to", "hf"]) == 2
+    assert "names a file; --to hf writes a folder" in capsys.readouterr().err
+    assert not (tmp_path / "vit_hf.safetensors").exists()
 
 
 # ------------------------------------------------------------------------------ bad folders
