@@ -11,7 +11,9 @@ Accepted: official MAE releases and MAE training checkpoints (``{'model': ...}``
 (``backbone.net.`` prefix, ``{'model': ...}``), MMSeg exports of ``MAEViT`` (``backbone.`` prefix,
 ``{'state_dict': ...}``), and MMSeg ``MAE`` / ``BEiT`` backbones or segmentors and unilm BEiT files
 (renamed by ``backbones.beit_layout``), our MMEngine segmentation checkpoints and a Detectron2
-run's ``model_final.pth``. Files are read with ``weights_only=True`` and exactly the framework
+run's ``model_final.pth``, and Hugging Face ViT / ViTMAE ``save_pretrained`` folders
+(``read_hf_folder``; their names are turned into ours by the reader, ``backbones.hf_layout``).
+Files are read with ``weights_only=True`` and exactly the framework
 objects those hold allow-listed (``checkpoint_safe_globals``): a pickle that would run code is
 refused, never executed. The list of layouts: docs/checkpoints.md.
 """
@@ -28,6 +30,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from mae_transfer.backbones.beit_layout import from_mmseg_beit, is_mmseg_beit, normalize_beit_quirks
+from mae_transfer.backbones.hf_layout import (check_config_fits, from_hf, hf_has_decoder,
+                                              meta_from_hf_config)
 
 StateDict = Dict[str, torch.Tensor]
 META_KEY = "mae_transfer"
@@ -131,10 +135,24 @@ def read_checkpoint(path: str | os.PathLike) -> Tuple[StateDict, dict]:
 
 
 def read_file(path: str | os.PathLike) -> Tuple[StateDict, dict, List[str]]:
-    """``read_checkpoint`` plus the file's top-level keys (what tells the container apart)."""
+    """``read_checkpoint`` plus the file's top-level keys (what tells the container apart).
+
+    A folder is read as Hugging Face ``save_pretrained`` output (``read_hf_folder``); its
+    "top-level keys" are the files read.
+    """
     path = Path(path)
+    if path.is_dir():
+        return read_hf_folder(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
+    obj, meta = _load(path)
+    top_keys = sorted(k for k in obj if isinstance(k, str)) if isinstance(obj, dict) else []
+    state, meta = _unwrap(obj, path, meta)
+    return state, meta, top_keys
+
+
+def _load(path: Path) -> Tuple[object, dict]:
+    """The object a file holds (safetensors: its tensors) and its safetensors metadata."""
     meta: dict = {}
     try:
         if path.suffix == ".safetensors":
@@ -161,9 +179,73 @@ def read_file(path: str | os.PathLike) -> Tuple[StateDict, dict, List[str]]:
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a checkpoint "
                               f"({type(exc).__name__}: {detail})") from exc
-    top_keys = sorted(k for k in obj if isinstance(k, str)) if isinstance(obj, dict) else []
-    state, meta = _unwrap(obj, path, meta)
-    return state, meta, top_keys
+    return obj, meta
+
+
+#: The weights ``save_pretrained`` writes, in the order transformers prefers them.
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def read_hf_folder(path: Path) -> Tuple[StateDict, dict, List[str]]:
+    """A Hugging Face ``save_pretrained`` folder of a ViT / ViTMAE: ``(tensors under the file's
+    names, our metadata from config.json, the files read)``.
+
+    ``config.json`` is checked first (a folder of another model type stops before any weight is
+    read), then the weights: ``model.safetensors`` or ``pytorch_model.bin``, or their shards as
+    the ``*.index.json`` lists them (every listed tensor must be found). Shards are read like any
+    checkpoint file (``weights_only=True``). Names are turned into ours by the reader
+    (``backbones.hf_layout``).
+    """
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} is a folder without config.json: not a Hugging Face "
+                              f"save_pretrained folder (give a checkpoint file, or the folder "
+                              f"transformers wrote)")
+    config = _read_json(config_file)
+    try:
+        meta_from_hf_config(config, with_decoder=False)  # the model type, before any weight
+    except ValueError as exc:
+        raise CheckpointError(f"{config_file}: {exc}") from None
+    name = next((n for n in HF_WEIGHT_FILES if (path / n).is_file()), None)
+    if name is None:
+        raise CheckpointError(f"{path}: config.json but no weights (looked for "
+                              f"{', '.join(HF_WEIGHT_FILES)})")
+    weight_map: Dict[str, str] = {}
+    shards = [name]
+    if name.endswith(".index.json"):
+        weight_map = _read_json(path / name).get("weight_map") or {}
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{path / name} has no weight_map: not a sharding index")
+        shards = sorted(set(weight_map.values()))
+        absent = [s for s in shards if not (path / s).is_file()]
+        if absent:
+            raise CheckpointError(f"{path / name} lists shard {absent[0]}, which is not in "
+                                  f"{path} ({len(absent)} of {len(shards)} shards missing)")
+    state: StateDict = {}
+    for shard in shards:
+        obj, _ = _load(path / shard)
+        state.update(_unwrap(obj, path / shard, {})[0])
+    lost = [k for k in weight_map if k not in state]
+    if lost:
+        raise CheckpointError(f"{path / name} lists {len(lost)} tensors that its shards do not "
+                              f"hold (e.g. {lost[0]} in {weight_map[lost[0]]})")
+    meta = meta_from_hf_config(config, with_decoder=hf_has_decoder(state))
+    problem = check_config_fits(meta, from_hf(state))
+    if problem:
+        raise CheckpointError(f"{config_file} does not describe the weights beside it: {problem}")
+    return state, meta, ["config.json", *([name] if weight_map else []), *shards]
 
 
 def _unwrap(obj, path: Path, meta: dict) -> Tuple[StateDict, dict]:

@@ -6,8 +6,9 @@ Every caller that reads weights (``backbones.load_pretrained``, detection's
 decides what to log and what to require, so a new layout is added here once and every report
 reads the same. The layouts, how each is recognised and which test covers it: docs/checkpoints.md.
 
-``read_weights(path)`` reads a file once (``backbones.checkpoint_files``: ``weights_only=True``,
-framework objects allow-listed) and recognises its layout. ``read_weights(path_or_weights, model)``
+``read_weights(path)`` reads a file (or a Hugging Face folder) once (``backbones.checkpoint_files``:
+``weights_only=True``, framework objects allow-listed) and recognises its layout; Hugging Face
+names become ours right away (``backbones.hf_layout``), decoder included. ``read_weights(path_or_weights, model)``
 also fits the tensors to ``model`` (position-embedding grid, relative-position tables, patch
 kernel: ``backbones.loading``), refuses what cannot fit, and lists the missing /
 unexpected / resized keys. It never loads anything: ``Weights.load_into(model)`` does, so a caller
@@ -20,12 +21,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, List, Sequence, Union
+
+import torch.nn as nn
 
 from mae_transfer.backbones.beit_layout import is_mmseg_beit
 from mae_transfer.backbones.checkpoint_files import (DECODER_KEY, CheckpointError, StateDict,
                                                      describe_layout, read_file, split_encoder,
                                                      strip_backbone_prefix, strip_ddp_prefix)
+from mae_transfer.backbones.hf_layout import from_hf, hf_has_decoder, is_hf_vit
 from mae_transfer.backbones.loading import (CheckpointReport, adapt_state_dict, check_coverage,
                                             check_rel_pos_kind)
 
@@ -46,8 +50,14 @@ def _has_vit(keys, prefix: str = "") -> bool:
     return any(k.startswith(prefix) and _VIT_KEY.match(k[len(prefix):]) for k in keys)
 
 
+#: The Hugging Face layouts (``backbones.hf_layout``): renamed to ours as the file is read.
+HF_MAE_LAYOUT = "Hugging Face ViTMAEForPreTraining (vit.*, decoder.*)"
+HF_LAYOUT = "Hugging Face ViTMAEModel / ViTModel (embeddings.*, encoder.layer.{i}.*)"
+
 #: Recognised layouts, most specific first: (name, test on the DDP-prefix-free keys).
 _KEY_LAYOUTS = (
+    (HF_MAE_LAYOUT, lambda keys: is_hf_vit(keys) and hf_has_decoder(keys)),
+    (HF_LAYOUT, is_hf_vit),
     (DETECTRON2_DETECTOR, lambda keys: any(_DETECTOR_KEY.match(k) for k in keys)),
     ("Detectron2 ViT (backbone.net.*)", lambda keys: _has_vit(keys, "backbone.net.")),
     ("MMSeg MAE/BEiT (layers.{i}.*)", lambda keys: is_mmseg_beit(strip_backbone_prefix(
@@ -66,8 +76,12 @@ def recognise_layout(path: Path, top_keys: Sequence[str], keys: Iterable[str]) -
     keys = [k[len("module."):] if k.startswith("module.") else k for k in keys]
     naming = next((name for name, test in _KEY_LAYOUTS if test(keys)),
                   f"not a ViT checkpoint: {describe_layout(keys)}")
+    if path.is_dir():  # top_keys: the files read (config.json, an index, the shards)
+        files = top_keys if len(top_keys) <= 3 else [*top_keys[:2], f"{len(top_keys) - 2} shards"]
+        return f"Hugging Face folder ({', '.join(files)}): {naming}"
     if path.suffix == ".safetensors":
-        return f"ours (safetensors): {naming}"
+        container = "safetensors" if naming in (HF_LAYOUT, HF_MAE_LAYOUT) else "ours (safetensors)"
+        return f"{container}: {naming}"
     if "message_hub" in top_keys:
         return f"MMEngine checkpoint: {naming}"
     if "meta" in top_keys and "model" in top_keys:
@@ -83,6 +97,7 @@ class Weights:
     meta: dict
     report: CheckpointReport
     raw: StateDict  # every tensor of the file, DDP prefix stripped, under the file's names
+    #                 (Hugging Face names excepted: renamed to ours as read, backbones.hf_layout)
 
     @property
     def whole_detector(self) -> bool:
@@ -139,6 +154,8 @@ def read_weights(source: Union[str, os.PathLike, Weights], model=None, *, part: 
         raw, meta, top_keys = read_file(source)
         layout = recognise_layout(Path(source), top_keys, raw)
         raw = strip_ddp_prefix(raw)
+        if is_hf_vit(raw):
+            raw = from_hf(raw)
     state, dropped = _part(raw, part)
     state = {k: v for k, v in state.items() if not _excluded(k, exclude)}
     report = CheckpointReport(name, layout, part, target, len(state), dropped_keys=dropped)
@@ -155,7 +172,19 @@ def read_weights(source: Union[str, os.PathLike, Weights], model=None, *, part: 
     report.missing_keys = [k for k in own if k not in state]
     report.unexpected_keys = [k for k in state if k not in own]
     report.tensors = len(state) - len(report.unexpected_keys)
+    report.notes = _eps_notes(meta, model)
     return Weights(state, meta, report, raw)
+
+
+def _eps_notes(meta: dict, model) -> List[str]:
+    """The file's LayerNorm epsilon when the model computes with another one (Hugging Face
+    configs record theirs; the model keeps its own: docs/checkpoints.md)."""
+    theirs = meta.get("layer_norm_eps")
+    ours = next((m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)), None)
+    if theirs is None or ours is None or float(theirs) == float(ours):
+        return []
+    return [f"the file's config says layer_norm_eps {float(theirs):g}, the model computes with "
+            f"{float(ours):g}"]
 
 
 def load_pretrained(model, path: str | os.PathLike, strict: bool = False,

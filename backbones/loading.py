@@ -29,7 +29,8 @@ FINE_TUNING_ADDITIONS = ("rel_pos_h", "rel_pos_w", "relative_position_bias_table
 #: Below this fraction of the encoder's block tensors filled, a load is refused.
 MIN_BLOCK_COVERAGE = 0.5
 CONVERT_HINT = ("python tools/convert_checkpoint.py SRC DST --to ours (it reads official MAE, "
-                "timm, ours, Detectron2, MMSeg MAEViT and MMSeg MAE/BEiT files)")
+                "timm, ours, Detectron2, MMSeg MAEViT, MMSeg MAE/BEiT files and Hugging Face "
+                "ViT/ViTMAE folders)")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class CheckpointReport:
     unexpected_keys: List[str] = field(default_factory=list)
     dropped_keys: List[str] = field(default_factory=list)
     resized_keys: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # what else differs (e.g. LayerNorm epsilon)
 
     @property
     def new_in_fine_tuning(self) -> List[str]:
@@ -70,7 +72,8 @@ class CheckpointReport:
                 f"{len(new)} new in fine-tuning (left at their init); "
                 f"{len(self.unexpected_keys)} unexpected keys {self.unexpected_keys}; "
                 f"dropped {len(self.dropped_keys)} non-{self.part} keys; "
-                f"resized {self.resized_keys or 'nothing'}")
+                f"resized {self.resized_keys or 'nothing'}"
+                + "".join(f"; note: {n}" for n in self.notes))
 
 
 def _fit_pos_embed(pos: torch.Tensor, model, meta: dict) -> torch.Tensor:

@@ -37,6 +37,16 @@ VIT_ARCHS: Dict[str, Dict[str, int]] = {
     "vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
 }
 
+#: Head counts of the standard widths (ViT-Ti 3, S 6, B 12, L 16, H 16, MAE's 512-d decoder 16,
+#: our mini 4). No tensor shape records the head count, so a file that carries only tensors
+#: (official MAE releases, bare state dicts) is read with these, else with 64-d heads.
+STANDARD_HEADS: Dict[int, int] = {64: 4, 192: 3, 384: 6, 512: 16, 768: 12, 1024: 16, 1280: 16}
+
+
+def standard_num_heads(dim: int) -> int:
+    """The head count of a ``dim``-wide ViT or MAE decoder that records none (``STANDARD_HEADS``)."""
+    return STANDARD_HEADS.get(dim, max(1, dim // 64))
+
 
 def _pair(v) -> Tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))

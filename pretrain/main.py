@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "by rank 0, every rank resumes from the same file")
     a("--init", default="", help="start a new run from these weights: any encoder file "
                                  "load_pretrained reads (the decoder starts fresh) or a full MAE "
-                                 "checkpoint, ours or official (decoder loaded too); ignored when "
+                                 "checkpoint, ours, official or a Hugging Face "
+                                 "ViTMAEForPreTraining folder (decoder loaded too); ignored when "
                                  "--resume finds a checkpoint")
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a("--num_workers", type=int, default=min(10, os.cpu_count() or 1))

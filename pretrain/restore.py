@@ -16,14 +16,9 @@ from typing import Dict
 import torch
 
 from mae_transfer.backbones.checkpoint_reader import read_weights
+from mae_transfer.backbones.vit import standard_num_heads
 from mae_transfer.pretrain.model import MaskedAutoencoderViT, mae_from_config
 from mae_transfer.tools.checkpoints import CheckpointError
-
-STANDARD_HEADS = {64: 4, 192: 3, 384: 6, 512: 16, 768: 12, 1024: 16, 1280: 16}
-
-
-def _heads(dim: int) -> int:
-    return STANDARD_HEADS.get(dim, max(1, dim // 64))
 
 
 def _count(state: Dict[str, torch.Tensor], prefix: str) -> int:
@@ -46,10 +41,10 @@ def infer_config(state: Dict[str, torch.Tensor]) -> dict:
         raise CheckpointError(f"cannot infer a square image size from {num_patches} patches")
     dec_dim = state["decoder_embed.weight"].shape[0]
     return dict(img_size=[side * ph, side * pw], patch_size=[ph, pw], embed_dim=dim,
-                depth=_count(state, "blocks"), num_heads=_heads(dim),
+                depth=_count(state, "blocks"), num_heads=standard_num_heads(dim),
                 mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim, in_chans=in_chans,
                 decoder_embed_dim=dec_dim, decoder_depth=_count(state, "decoder_blocks"),
-                decoder_num_heads=_heads(dec_dim), norm_pix_loss=False)
+                decoder_num_heads=standard_num_heads(dec_dim), norm_pix_loss=False)
 
 
 def load_mae(path: str | os.PathLike, norm_pix_loss: bool | None = None) -> MaskedAutoencoderViT:

@@ -119,8 +119,10 @@ def sync_num_classes(cfg: Config) -> Optional[List[str]]:
 
 
 def set_pretrained(cfg: Config, path: str) -> None:
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"--pretrained {path}: no such file")
+    """``--pretrained PATH``: a weights file, or a Hugging Face ``save_pretrained`` folder (the
+    one reader reads both; a folder it cannot read stops with its one line at load time)."""
+    if not (osp.isfile(path) or osp.isdir(path)):
+        raise FileNotFoundError(f"--pretrained {path}: no such file or folder")
     cfg.model.pretrained = None
     cfg.model.backbone.pretrained = path
     cfg.model.backbone.pop("init_cfg", None)

@@ -54,7 +54,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     entry.add_common_args(ap)
     ap.add_argument("--pretrained", help="ViT weights for the backbone: ours / official MAE / "
-                                         "timm / Detectron2 / MMSeg checkpoint")
+                                         "timm / Detectron2 / MMSeg checkpoint, or a Hugging Face "
+                                         "ViT / ViTMAE folder")
     ap.add_argument("--resume", nargs="?", const="auto", default=None,
                     help="resume from the work dir's latest checkpoint, or from the given file")
     ap.add_argument("--compile", action="store_true",
