@@ -261,7 +261,16 @@ class Run:
 
     # ------------------------------------------------------------------------- running
     def evaluate(self) -> dict:
+        """Evaluate on val. Under DDP, rank 0's buffers are copied to every rank first: DDP
+        broadcasts them at the start of each forward, so after the last training step each
+        rank holds its own BatchNorm statistics (the probe's), and a --dist_eval would mix
+        models; now every rank evaluates the model rank 0 saves."""
         a = self.args
+        if self.dist.distributed:
+            import torch.distributed as torch_dist
+
+            for buffer in self.model.buffers():
+                torch_dist.broadcast(buffer, src=0)
         loader = self.val_loader()
         try:
             stats = evaluate(self.model, loader, self.dist.device, self.amp_dtype,
