@@ -5,10 +5,10 @@ the process that votes, computed once per checkpoint, in batches, under bf16 aut
 and, with several processes (torchrun), each process encoding its own share and the shares
 gathered back in dataset order (as DINO's ``extract_features`` does with an all-gather).
 
-Features are the final normed encoder output (``VisionTransformer.forward_features``): the cls
-token (``pool="cls"``, MAE's linear-probe default) or the mean of the patch tokens
-(``pool="avg"``, MAE's ``--global_pool``; here without MAE's extra ``fc_norm``, which is a
-fine-tuned layer that a pretrained encoder does not have), L2-normalised in float32.
+Features are the final normed encoder output (``classification.encoder.encoder_features``): the
+cls token (``pool="cls"``, MAE's linear-probe default) or the mean of the patch tokens
+(``pool="mean"``, like MAE's ``--global_pool`` but without its ``fc_norm``, a fine-tuned layer
+that a pretrained encoder does not have), L2-normalised in float32.
 """
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mae_transfer.classification.encoder import encoder_features
 from mae_transfer.classification.knn import l2_normalise
 
 logger = logging.getLogger("mae_transfer.classification")
 
-POOLS = ("cls", "avg")
+#: ``encoder_features``' pools: the cls token, or the mean of the patch tokens.
+POOLS = ("cls", "mean")
 
 
 def _distributed() -> bool:
@@ -47,24 +49,14 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torch.Tensor:
-    """``(B, P + N, D)`` normed tokens -> ``(B, D)``: the cls token or the patch-token mean."""
-    if pool == "cls":
-        if num_prefix_tokens < 1:
-            raise ValueError("pool 'cls' needs a model with a cls token; use pool 'avg'")
-        return tokens[:, 0]
-    if pool == "avg":
-        return tokens[:, num_prefix_tokens:].mean(dim=1)
-    raise ValueError(f"unknown pool {pool!r}: choose one of {POOLS}")
-
-
 @torch.no_grad()
 def encode(model, images: torch.Tensor, pool: str = "cls",
            amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """L2-normalised float32 features ``(B, D)`` of a batch of normalised images."""
+    """L2-normalised float32 features ``(B, D)`` of a batch of normalised images
+    (``classification.encoder.encoder_features`` under autocast when ``amp_dtype`` is given)."""
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        tokens = model.forward_features(images)
-    return l2_normalise(pool_tokens(tokens, pool, model.num_prefix_tokens))
+        features = encoder_features(model, images, pool)
+    return l2_normalise(features)
 
 
 def gather_rows(local: torch.Tensor, local_index: torch.Tensor, total: int) -> torch.Tensor:
