@@ -180,3 +180,32 @@ def eval_transform(input_size: int = 224):
     return transforms.Compose([
         transforms.Resize(eval_size(input_size), interpolation=InterpolationMode.BICUBIC),
         transforms.CenterCrop(input_size), *_normalize()])
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """``dataset`` indexed by ``(epoch, index)`` (what ``pretrain.data.ResumableSampler``
+    yields), each sample's augmentation drawn from RNGs seeded by ``(seed, epoch, index)``.
+
+    The random crops, RandAugment ops and erasing of a sample then depend on neither the number
+    of data workers nor where a run was resumed: a resumed run sees the same pixels as one that
+    never stopped. (torchvision / timm transforms draw from Python's ``random``, numpy's and
+    torch's global RNGs; all three are seeded.)
+    """
+
+    def __init__(self, dataset, seed: int = 0):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        import random
+
+        import numpy as np
+
+        sample_seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + index
+        random.seed(sample_seed)
+        np.random.seed(sample_seed % 2**32)
+        torch.manual_seed(sample_seed)
+        return self.dataset[index]

@@ -92,7 +92,11 @@ def load_encoder_weights(vit: VisionTransformer, path: str | os.PathLike, model_
     weights = read_weights(path, exclude=exclude)
     check_same_size(weights.state, vit, str(path), model_name)
     report = read_weights(weights, vit, exclude=exclude).load_into(vit)
-    logger.log(logging.INFO if report.clean else logging.WARNING, "loaded %s", report.summary())
+    # a classifier's fc_norm is new and, with global pooling, the encoder's norm unused (MAE's)
+    expected = all(k.startswith("fc_norm.") for k in report.missing_pretrained) and all(
+        k.startswith("norm.") and getattr(vit, "global_pool", False)
+        for k in report.unexpected_keys)
+    logger.log(logging.INFO if expected else logging.WARNING, "loaded %s", report.summary())
     return report
 
 
