@@ -23,6 +23,7 @@ FORBIDDEN = {
     "pretrain": {"detection", "segmentation", "experiment"},
     "detection": {"pretrain", "segmentation", "experiment"},
     "segmentation": {"pretrain", "detection", "experiment"},
+    "classification": {"detection", "segmentation", "experiment"},
 }
 
 
