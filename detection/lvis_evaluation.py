@@ -19,8 +19,8 @@ APf (AP over the rare / common / frequent categories), in percent. Ours on top:
 """
 from __future__ import annotations
 
-import logging
 import importlib.metadata
+import logging
 import math
 
 from mae_transfer.detection import compat
