@@ -33,24 +33,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from mae_transfer import detection  # noqa: E402
+from mae_transfer.tools.synthetic_detections import (coco_api, perturbed_detections,  # noqa: E402
+                                                     synthetic_ground_truth)
 
 TASKS = ("bbox", "segm")
 
-
-def _fresh_ground_truth(dataset: dict):
-    from pycocotools.coco import COCO
-
-    coco = COCO()
-    coco.dataset = copy.deepcopy(dataset)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 def time_evaluation(cocoeval_class, dataset: dict, detections: list, task: str):
     """(wall seconds, CPU seconds of this process, summary stats) of one evaluation of ``task``
     by ``cocoeval_class``."""
-    gt = _fresh_ground_truth(dataset)
+    gt = coco_api(dataset)
     results = copy.deepcopy(detections)
     if task == "segm":  # as Detectron2: mask areas, not box areas, decide small / medium / large
         for r in results:
@@ -81,8 +74,6 @@ def main(argv=None) -> int:
     from mae_transfer.detection.coco_evaluator import (fast_cocoeval_class,
                                                        faster_coco_eval_version,
                                                        pycocotools_label)
-    from mae_transfer.tools.synthetic_detections import (perturbed_detections,
-                                                         synthetic_ground_truth)
 
     version = faster_coco_eval_version()
     if version is None:

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from mae_transfer.backbones.checkpoint_files import CheckpointError
@@ -43,7 +42,8 @@ from mae_transfer.classification.data import (ClassificationDataError, SeededSam
 from mae_transfer.classification.encoder import load_encoder_weights, resolve_model
 from mae_transfer.classification.engine import (EpochConfig, NonFiniteLoss, Progress, evaluate,
                                                 save_checkpoint, train_one_epoch, write_json)
-from mae_transfer.pretrain.checkpoint import plain, rng_state, set_rng_state
+from mae_transfer.pretrain.checkpoint import (LAST, plain, resume_path, rng_state, seed_everything,
+                                             set_rng_state)
 from mae_transfer.pretrain.data import (STOP_SIGNALS, DatasetError, ResumableSampler,
                                         stop_workers, worker_init)
 from mae_transfer.pretrain.distributed import (DistInfo, barrier, broadcast_object, cleanup,
@@ -55,7 +55,6 @@ from mae_transfer.tools.run_dir import OutputDirError, claim_output_dir, writing
 
 logger = logging.getLogger("mae_transfer.classification")
 
-LAST = "checkpoint-last.pth"
 RESULTS = "results.json"
 EVAL_RESULTS = "eval.json"
 #: What marks an output folder as holding a run (a new run there needs --resume / --overwrite).
@@ -381,22 +380,6 @@ class Run:
             logger.info("wrote %s", path)
         return 0
 
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def resume_path(args) -> Optional[Path]:
-    if not args.resume:
-        return None
-    if args.resume == "auto":
-        path = Path(args.output_dir) / LAST
-        return path if path.is_file() else None
-    return Path(args.resume)
 
 
 def main(recipe: Recipe, argv=None) -> int:

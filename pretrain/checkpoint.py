@@ -15,13 +15,16 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
 from mae_transfer.tools.atomic import atomic_torch_save
 from mae_transfer.tools.checkpoints import CheckpointError
+
+#: the checkpoint a run rewrites every epoch (and on a stop): what ``--resume auto`` continues
+LAST = "checkpoint-last.pth"
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -91,3 +94,21 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not a pretraining checkpoint (missing {missing}); "
                               f"an encoder export cannot be resumed")
     return ckpt
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and ``random`` (each rank passes its own seed + rank)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def resume_path(args) -> Optional[Path]:
+    """The checkpoint ``--resume`` names: ``auto`` is ``<output_dir>/checkpoint-last.pth`` when it
+    exists (None otherwise, a fresh start); no ``--resume`` is None."""
+    if not args.resume:
+        return None
+    if args.resume == "auto":
+        path = Path(args.output_dir) / LAST
+        return path if path.is_file() else None
+    return Path(args.resume)

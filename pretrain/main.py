@@ -23,17 +23,16 @@ import functools
 import logging
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
-from mae_transfer.pretrain.checkpoint import (atomic_save, load_training_checkpoint, plain, rng_state,
-                                 set_rng_state)
+from mae_transfer.pretrain.checkpoint import (LAST, atomic_save, load_training_checkpoint, plain,
+                                              resume_path, rng_state, seed_everything,
+                                              set_rng_state)
 from mae_transfer.pretrain.data import (STOP_SIGNALS, DatasetError, ResumableSampler,
                                        normalize_batch, stop_workers, worker_init)
 from mae_transfer.pretrain.device_decode import dataset_class, make_loader
@@ -54,7 +53,6 @@ from mae_transfer.tools.run_dir import (OutputDirClaim, OutputDirError, claim_ou
 
 logger = logging.getLogger("mae_transfer.pretrain")
 
-LAST = "checkpoint-last.pth"
 ENCODER = "encoder.safetensors"
 #: What marks an output folder as holding a run: a new run there needs --resume or --overwrite.
 RUN_FILES = ("checkpoint-*.pth", ENCODER, "log.txt")
@@ -377,20 +375,6 @@ class Run:
             writer.close()
         return 0
 
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def resume_path(args) -> Optional[Path]:
-    if not args.resume:
-        return None
-    if args.resume == "auto":
-        path = Path(args.output_dir) / LAST
-        return path if path.is_file() else None
-    return Path(args.resume)
 
 
 def claim_output(args, dist_info: DistInfo) -> Optional[OutputDirClaim]:

@@ -10,6 +10,9 @@ Detectron2's ``instances_to_coco_json`` writes them).
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -171,3 +174,15 @@ def perturbed_detections(dataset: Dict, seed: int = 0, miss: float = 0.15,
             rle = mask_util.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], height, width)
             add(image, rng.choice(cat_ids), box, mask_util.merge(rle))
     return detections
+
+
+def coco_api(dataset: Dict):
+    """A pycocotools ``COCO`` index of a copy of ``dataset`` (evaluations rewrite annotations in
+    place), built without pycocotools' prints."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = copy.deepcopy(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco

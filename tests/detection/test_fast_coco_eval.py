@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_util
-from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detectron2.data import MetadataCatalog
@@ -33,24 +32,18 @@ from detectron2.structures import Boxes, Instances
 from mae_transfer.detection.cli import UsageError
 from mae_transfer.detection.coco_evaluator import (FastCOCOEvaluator, _detectron2_cocoeval,
                                                    fast_cocoeval_class, describe_evaluator)
-from mae_transfer.tools.synthetic_detections import perturbed_detections, synthetic_ground_truth
+from mae_transfer.tools.synthetic_detections import (coco_api, perturbed_detections,
+                                                     synthetic_ground_truth)
 
 #: pycocotools' precision where tp + fp == 1 (it adds np.spacing(1) to the denominator).
 PYCOCOTOOLS_ONE = 1.0 / (1.0 + np.spacing(1))
 
 
-def _coco(dataset: dict) -> COCO:
-    coco = COCO()
-    coco.dataset = copy.deepcopy(dataset)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
 
 def _run(cocoeval_class, dataset: dict, detections: list, iou_type: str):
     """Detectron2's per-task evaluation (``_evaluate_predictions_on_coco``): mask AP without the
     boxes (mask areas), pycocotools' ``loadRes``, evaluate, accumulate, summarize."""
-    gt = _coco(dataset)
+    gt = coco_api(dataset)
     results = copy.deepcopy(detections)
     if iou_type == "segm":
         for r in results:
