@@ -56,8 +56,9 @@ def test_ties_rank_the_lower_class_first_and_unvoted_classes_never_hit():
 
 def test_knn_classify_by_hand():
     """Train vectors at 0, 10, 20 degrees (class 0) and 90, 100 degrees (class 1); queries at
-    5 and 85 degrees, both labelled 0. k=1: the nearest one's class. k=3, T=0.07, query at 85 degrees: neighbours
-    at 90, 100 (class 1, cos 5 and cos 15 degrees) and 20 (class 0, cos 65 degrees): class 1."""
+    5 and 85 degrees, both labelled 0. k=1: the nearest one's class. k=3, T=0.07, query at 85
+    degrees: neighbours at 90, 100 (class 1, cos 5 and cos 15 degrees) and 20 (class 0, cos 65
+    degrees): class 1."""
     train, train_labels = unit(0, 10, 20, 90, 100), torch.tensor([0, 0, 0, 1, 1])
     queries, query_labels = unit(5, 85), torch.tensor([0, 0])  # the second one is "wrong"
     result = knn_classify(train, train_labels, queries, query_labels, ks=(1, 3), temperature=0.07)
@@ -160,8 +161,8 @@ def test_extract_features_matches_a_direct_forward():
     with torch.no_grad():
         tokens = vit.forward_features(images)
     for pool, direct in (("cls", tokens[:, 0]), ("mean", tokens[:, 1:].mean(1))):
-        feats, got_labels, index = extract_features(vit, _Pairs(images, labels), torch.device("cpu"),
-                                                    batch_size=3, pool=pool)
+        feats, got_labels, index = extract_features(vit, _Pairs(images, labels),
+                                                    torch.device("cpu"), batch_size=3, pool=pool)
         assert torch.allclose(feats, l2_normalise(direct), atol=1e-5)
         assert torch.allclose(feats.norm(dim=1), torch.ones(7))
         assert torch.equal(got_labels, labels) and torch.equal(index, torch.arange(7))
