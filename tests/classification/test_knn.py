@@ -174,3 +174,20 @@ def test_shards_cover_every_item_once_and_gather_restores_the_order():
     rows = torch.arange(10.0).view(-1, 1) * 2
     index = torch.tensor(shards[0] + shards[1] + shards[2])
     assert torch.equal(gather_rows(rows[index], index, 10), rows)  # one process: a scatter
+
+
+def test_bf16_autocast_path_gives_fp32_unit_features_close_to_fp32():
+    """The path a GPU run takes (bf16 autocast), run on the CPU: features come back float32,
+    unit length, and within bf16 rounding of the fp32 ones."""
+    from mae_transfer.classification.encoder import build_encoder
+
+    torch.manual_seed(0)
+    vit = build_encoder("vit_mini_patch16", 32).eval()
+    images, labels = torch.randn(6, 3, 32, 32), torch.zeros(6, dtype=torch.long)
+    data = _Pairs(images, labels)
+    fp32, _, _ = extract_features(vit, data, torch.device("cpu"), batch_size=6)
+    bf16, _, _ = extract_features(vit, data, torch.device("cpu"), batch_size=6,
+                                  amp_dtype=torch.bfloat16)
+    assert bf16.dtype == torch.float32 and torch.allclose(bf16.norm(dim=1), torch.ones(6))
+    assert not torch.equal(bf16, fp32)  # autocast really ran in bf16
+    assert (bf16 * fp32).sum(dim=1).min() > 0.99  # cosine similarity to the fp32 features
