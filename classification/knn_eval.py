@@ -42,10 +42,10 @@ from mae_transfer.backbones.checkpoint_files import CheckpointError
 from mae_transfer.classification.data import (ClassificationDataError, ImageFolderInfo,
                                               check_image_folder, eval_transform, image_folder)
 from mae_transfer.classification.encoder import build_encoder, load_encoder_weights
-from mae_transfer.classification.features import POOLS, extract_features
+from mae_transfer.classification.features import extract_features
 from mae_transfer.classification.knn import (DEFAULT_K, DEFAULT_TEMPERATURE, TOPN, KnnResult,
                                              knn_classify)
-from mae_transfer.pretrain.distributed import DistInfo, cleanup, init_distributed
+from mae_transfer.pretrain.distributed import DistInfo, cleanup, fail_together, init_distributed
 from mae_transfer.tools.atomic import atomic_write
 from mae_transfer.tools.run_dir import OutputDirClaim, OutputDirError, claim_output_dir, \
     writing_into
@@ -256,9 +256,15 @@ def main(argv=None) -> int:
     dist_info: Optional[DistInfo] = None
     try:
         dist_info = init_distributed(args.device)
+        refusal = None
         if dist_info.is_main:  # results accumulate: the folder is locked, never cleared
-            claim = claim_output_dir(args.output_dir, resume=True, overwrite=False,
-                                     run_files=(RESULTS,))
+            try:
+                claim = claim_output_dir(args.output_dir, resume=True, overwrite=False,
+                                         run_files=(RESULTS,))
+            except OutputDirError as exc:
+                refusal = exc
+        fail_together(refusal, dist_info.device, lambda ranks: OutputDirError(
+            f"rank 0 refused output folder {args.output_dir} (see its error)"))
         handlers = setup_logging(Path(args.output_dir) if dist_info.is_main else None,
                                  dist_info.rank)
         if dist_info.device.type == "cuda":

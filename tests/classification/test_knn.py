@@ -56,8 +56,9 @@ def test_ties_rank_the_lower_class_first_and_unvoted_classes_never_hit():
 
 def test_knn_classify_by_hand():
     """Train vectors at 0, 10, 20 degrees (class 0) and 90, 100 degrees (class 1); queries at
-    5 and 85 degrees, both labelled 0. k=1: the nearest one's class. k=3, T=0.07, query at 85 degrees: neighbours
-    at 90, 100 (class 1, cos 5 and cos 15 degrees) and 20 (class 0, cos 65 degrees): class 1."""
+    5 and 85 degrees, both labelled 0. k=1: the nearest one's class. k=3, T=0.07, query at 85
+    degrees: neighbours at 90, 100 (class 1, cos 5 and cos 15 degrees) and 20 (class 0, cos 65
+    degrees): class 1."""
     train, train_labels = unit(0, 10, 20, 90, 100), torch.tensor([0, 0, 0, 1, 1])
     queries, query_labels = unit(5, 85), torch.tensor([0, 0])  # the second one is "wrong"
     result = knn_classify(train, train_labels, queries, query_labels, ks=(1, 3), temperature=0.07)
@@ -160,8 +161,8 @@ def test_extract_features_matches_a_direct_forward():
     with torch.no_grad():
         tokens = vit.forward_features(images)
     for pool, direct in (("cls", tokens[:, 0]), ("mean", tokens[:, 1:].mean(1))):
-        feats, got_labels, index = extract_features(vit, _Pairs(images, labels), torch.device("cpu"),
-                                                    batch_size=3, pool=pool)
+        feats, got_labels, index = extract_features(vit, _Pairs(images, labels),
+                                                    torch.device("cpu"), batch_size=3, pool=pool)
         assert torch.allclose(feats, l2_normalise(direct), atol=1e-5)
         assert torch.allclose(feats.norm(dim=1), torch.ones(7))
         assert torch.equal(got_labels, labels) and torch.equal(index, torch.arange(7))
@@ -173,3 +174,20 @@ def test_shards_cover_every_item_once_and_gather_restores_the_order():
     rows = torch.arange(10.0).view(-1, 1) * 2
     index = torch.tensor(shards[0] + shards[1] + shards[2])
     assert torch.equal(gather_rows(rows[index], index, 10), rows)  # one process: a scatter
+
+
+def test_bf16_autocast_path_gives_fp32_unit_features_close_to_fp32():
+    """The path a GPU run takes (bf16 autocast), run on the CPU: features come back float32,
+    unit length, and within bf16 rounding of the fp32 ones."""
+    from mae_transfer.classification.encoder import build_encoder
+
+    torch.manual_seed(0)
+    vit = build_encoder("vit_mini_patch16", 32).eval()
+    images, labels = torch.randn(6, 3, 32, 32), torch.zeros(6, dtype=torch.long)
+    data = _Pairs(images, labels)
+    fp32, _, _ = extract_features(vit, data, torch.device("cpu"), batch_size=6)
+    bf16, _, _ = extract_features(vit, data, torch.device("cpu"), batch_size=6,
+                                  amp_dtype=torch.bfloat16)
+    assert bf16.dtype == torch.float32 and torch.allclose(bf16.norm(dim=1), torch.ones(6))
+    assert not torch.equal(bf16, fp32)  # autocast really ran in bf16
+    assert (bf16 * fp32).sum(dim=1).min() > 0.99  # cosine similarity to the fp32 features
