@@ -61,15 +61,32 @@ MASK_TOLERANCE = 1e-3
 #: split the batch's mask predictions): ``len`` turns it into a Python int, frozen at export time.
 _LEN_USERS = ("detectron2.modeling.roi_heads.fast_rcnn", "detectron2.modeling.roi_heads.mask_head",
               "detectron2.modeling.roi_heads.cascade_rcnn")
+#: Detectron2 modules that call ``detectron2.layers.batched_nms``.
+_NMS_USERS = ("detectron2.modeling.proposal_generator.proposal_utils",
+              "detectron2.modeling.roi_heads.fast_rcnn")
+
+
+def _one_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float):
+    """torchvision's ``batched_nms``: one ``NonMaxSuppression`` over class-offset boxes when
+    traced. Detectron2's own switches, from 40,000 candidate boxes on, to a Python loop over the
+    classes present in the traced image, which a trace would freeze into the graph."""
+    from torchvision.ops import batched_nms
+
+    return batched_nms(boxes.float(), scores, idxs, iou_threshold)
 
 
 @contextlib.contextmanager
-def traced_lengths():
-    """Within it, ``len(x)`` in ``_LEN_USERS`` returns ``x.__len__()`` as is (a traced size)."""
+def traceable_detectron2():
+    """Within it, Detectron2's inference keeps its data-dependent sizes traced: ``len(x)`` in
+    ``_LEN_USERS`` returns ``x.__len__()`` as is (a traced size, as Detectron2's own
+    ``patch_builtin_len`` does for its TracingAdapter), and NMS never takes the per-class loop.
+    Both give the results of the unpatched code: only what the tracer records changes."""
     with contextlib.ExitStack() as stack:
         for module in _LEN_USERS:
             stack.enter_context(mock.patch(f"{module}.len", create=True,
                                            side_effect=lambda obj: obj.__len__()))
+        for module in _NMS_USERS:
+            stack.enter_context(mock.patch(f"{module}.batched_nms", _one_nms))
         yield
 
 
@@ -165,7 +182,7 @@ def export_detector(model, example: DetectorInput, path) -> None:
     wrapper = ExportableDetector(model).eval()
     args = (torch.from_numpy(example.image), torch.from_numpy(example.image_size))
     names = output_names(model)
-    with traced_lengths():
+    with traceable_detectron2():
         export_traced(wrapper, args, path, INPUT_NAMES, names,
                       output_axes={name: {0: "detections"} for name in names})
 

@@ -21,6 +21,7 @@ from detectron2.config import LazyConfig, instantiate
 from mae_transfer.detection import export as det_export
 from mae_transfer.detection.checkpointing import AtomicCheckpointer
 from mae_transfer.tools.export_onnx import main
+from mae_transfer.tools.onnx_check import quiet_tracing
 from mae_transfer.tools.synthetic_data import smooth_background
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,3 +211,28 @@ def test_bad_input_is_one_line(case, checkpoint, tmp_path):
     if case == "unknown override":
         assert "num_clases" in lines[0]
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_nms_over_many_boxes_is_not_frozen_to_the_traced_classes():
+    """Detectron2's ``batched_nms`` loops over the classes present from 40,000 boxes on (a low
+    ``test_score_thresh`` with 80 classes gets there); traced, that loop would keep only the
+    traced image's classes. Within ``traceable_detectron2`` one NMS serves every class."""
+    import detectron2.modeling.roi_heads.fast_rcnn as fast_rcnn
+
+    def boxes_of(classes, n=40_000):  # near-identical boxes: one survivor per class
+        g = torch.Generator().manual_seed(0)
+        boxes = torch.tensor([10.0, 10.0, 50.0, 60.0]) + torch.rand(n, 4, generator=g)
+        return boxes, torch.rand(n, generator=g), torch.tensor(classes).repeat(n // len(classes))
+
+    def nms(boxes, scores, idxs):
+        return fast_rcnn.batched_nms(boxes, scores, idxs, 0.5)
+
+    other = boxes_of([2, 3])
+    expected = sorted(nms(*other).tolist())
+    assert len(expected) == 2
+    with quiet_tracing():
+        frozen = torch.jit.trace(nms, boxes_of([0, 1]), check_trace=False)
+        with det_export.traceable_detectron2():
+            traced = torch.jit.trace(nms, boxes_of([0, 1]), check_trace=False)
+    assert frozen(*other).tolist() == []  # the trap: classes 0 and 1 only
+    assert sorted(traced(*other).tolist()) == expected
