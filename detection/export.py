@@ -145,7 +145,11 @@ def load_detector(config: str, checkpoint: str, overrides: Sequence[str] = ()):
     if not weights.whole_detector:
         raise CheckpointError(f"checkpoint {checkpoint} is no whole detector (no roi_heads.* "
                               f"weights): export a model_final.pth of tools/train_det.py")
-    load_detector_weights(model, weights)
+    report = load_detector_weights(model, weights)
+    if report.missing_keys:
+        raise CheckpointError(f"checkpoint {checkpoint} lacks {len(report.missing_keys)} weights "
+                              f"of the config's model (e.g. {report.missing_keys[0]}): give the "
+                              f"config it was trained with")
     return cfg, model
 
 

@@ -62,7 +62,14 @@ def publish(out: str, check_only: bool, export, check) -> str:
             raise FileNotFoundError(f"no ONNX file {out} to check")
         return check(out)
     print(f"exporting to {out} ...", flush=True)
-    return write_checked_onnx(out, export, check)
+
+    def check_written(path: Path) -> str:
+        size = path.stat().st_size / 2 ** 20
+        print(f"exported ({size:.1f} MiB); running it with onnxruntime and the model with "
+              f"PyTorch ...", flush=True)
+        return check(path)
+
+    return write_checked_onnx(out, export, check_written)
 
 
 def run_det(args) -> None:
@@ -86,7 +93,11 @@ def run_seg(args) -> None:
 
     rgb = read_image(args.image)
     seg.check_config(args.config)
-    model = load_segmentor(args.config, args.checkpoint, "cpu")
+    try:
+        model = load_segmentor(args.config, args.checkpoint, "cpu")
+    except RuntimeError as exc:  # MMEngine's strict load: missing, unexpected or resized keys
+        raise ValueError(f"checkpoint {args.checkpoint} does not fit {args.config}: "
+                         f"{first_line(exc)}") from None
     size = seg.export_size(model, args.size)
     examples = seg.example_inputs(rgb, size)
     print(f"checking on {args.image or 'a generated image'} (resized to {size[0]}x{size[1]}) "
@@ -129,6 +140,8 @@ def main(argv=None) -> int:
         # torchvision's NMS wrappers call torch.jit.script (deprecated since torch 2.10) when
         # Detectron2 imports them: not the user's business, and it would drown the report
         warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+        # MMSeg's notes on building its (unused here) losses: no news for an export either
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mmseg\.models\.")
         return export(args)
 
 

@@ -236,3 +236,18 @@ def test_nms_over_many_boxes_is_not_frozen_to_the_traced_classes():
             traced = torch.jit.trace(nms, boxes_of([0, 1]), check_trace=False)
     assert frozen(*other).tolist() == []  # the trap: classes 0 and 1 only
     assert sorted(traced(*other).tolist()) == expected
+
+
+def test_a_checkpoint_lacking_weights_of_the_config_is_one_line(checkpoint, tmp_path):
+    """A detector file without the mask head (another config's model) is not exported with a
+    randomly initialised head."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["model"] = {k: v for k, v in state["model"].items()
+                      if not k.startswith("roi_heads.mask_head.")}
+    partial = tmp_path / "model_final.pth"
+    torch.save(state, partial)
+    code, _, stderr = run_main(["det", TINY, str(partial), str(tmp_path / "out.onnx")])
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith(f"error: checkpoint {partial} lacks ")
+    assert "roi_heads.mask_head." in lines[0]

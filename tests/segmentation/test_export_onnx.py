@@ -151,3 +151,16 @@ def test_bad_input_is_one_line(case, checkpoint, repo_root, tmp_path):
     assert code == 2 and len(lines) == 1, stderr
     assert lines[0].startswith(expected)
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_checkpoint_of_another_model_is_one_line(checkpoint, repo_root, tmp_path):
+    state = torch.load(checkpoint, weights_only=False)
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items()
+                           if not k.startswith("decode_head.bottleneck.")}
+    partial = tmp_path / "iter_40.pth"
+    torch.save(state, partial)
+    code, _, stderr = run_main(["seg", str(repo_root / TINY), str(partial),
+                                str(tmp_path / "out.onnx")])
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith(f"error: checkpoint {partial} does not fit ")
