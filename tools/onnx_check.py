@@ -114,6 +114,45 @@ def quiet_tracing():
         yield
 
 
+def _bins(size: int, out: int, like) -> "torch.Tensor":
+    """``(out, size)`` averaging matrix of adaptive pooling: row i averages the inputs
+    ``floor(i * size / out)`` to ``ceil((i + 1) * size / out)``, PyTorch's bins. Built in numpy,
+    so that a trace records one constant (in-place writes into a tensor would be traced ops)."""
+    import torch
+
+    matrix = np.zeros((out, size), dtype=np.float64)
+    for i in range(out):
+        start, end = (i * size) // out, -(-((i + 1) * size) // out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return torch.tensor(matrix, dtype=like.dtype, device=like.device)
+
+
+@contextlib.contextmanager
+def exportable_adaptive_pooling():
+    """Within it, ``F.adaptive_avg_pool2d`` to a size that does not divide the input (UPerHead's
+    pyramid pooling: scales 3 and 6 of a 16x16 map at 512 px) is two matrix products with
+    constant bin matrices, which ONNX has; the TorchScript exporter refuses the op there. The
+    same averages, summed in another order; divisible sizes keep the op."""
+    import torch.nn.functional as F
+
+    original = F.adaptive_avg_pool2d
+
+    def pool(input, output_size):
+        height, width = input.shape[-2:]
+        out = (output_size, output_size) if isinstance(output_size, int) else output_size
+        out_h = height if out[0] is None else int(out[0])
+        out_w = width if out[1] is None else int(out[1])
+        if height % out_h == 0 and width % out_w == 0:
+            return original(input, output_size)
+        return _bins(height, out_h, input) @ input @ _bins(width, out_w, input).T
+
+    F.adaptive_avg_pool2d = pool
+    try:
+        yield
+    finally:
+        F.adaptive_avg_pool2d = original
+
+
 def export_traced(module, args: tuple, path: str | os.PathLike, input_names: List[str],
                   output_names: List[str], opset: int = OPSET,
                   output_axes: Dict[str, Dict[int, str]] | None = None) -> None:
@@ -125,7 +164,7 @@ def export_traced(module, args: tuple, path: str | os.PathLike, input_names: Lis
     import torch
 
     module.eval()
-    with torch.no_grad(), quiet_tracing():
+    with torch.no_grad(), quiet_tracing(), exportable_adaptive_pooling():
         torch.onnx.export(module, args, str(path), input_names=input_names,
                           output_names=output_names, opset_version=opset, dynamo=False,
                           do_constant_folding=True, dynamic_axes=output_axes or None)
