@@ -56,15 +56,21 @@ def check_config(path: str) -> None:
 
 
 def export_size(model, size: Optional[Sequence[int]] = None) -> Tuple[int, int]:
-    """``(H, W)`` of the exported input: ``size`` if given, else the slide-mode crop."""
+    """``(H, W)`` of the exported input: ``size`` if given, else the slide-mode crop (a larger
+    size in slide mode would be several windows in MMSeg, one forward in the graph: refused)."""
+    test_cfg = getattr(model, "test_cfg", None) or {}
+    slide = test_cfg.get("mode", "whole") == "slide" and test_cfg.get("crop_size")
     if size is not None:
         height, width = (int(size[0]), int(size[-1]))
-    else:
-        test_cfg = getattr(model, "test_cfg", None) or {}
-        if test_cfg.get("mode", "whole") != "slide" or not test_cfg.get("crop_size"):
-            raise ValueError("the config tests on whole images of varying size: give the "
-                             "exported input size with --size H W")
+        if slide and (height > test_cfg["crop_size"][0] or width > test_cfg["crop_size"][1]):
+            raise ValueError(f"export size {height}x{width} is larger than the slide window "
+                             f"{tuple(test_cfg['crop_size'])} the config tests with: export "
+                             f"the window (no --size) and slide it in Python")
+    elif slide:
         height, width = (int(s) for s in test_cfg["crop_size"])
+    else:
+        raise ValueError("the config tests on whole images of varying size: give the "
+                         "exported input size with --size H W")
     patch = getattr(model.backbone, "patch_size", (1, 1))
     if height <= 0 or width <= 0 or height % patch[0] or width % patch[1]:
         raise ValueError(f"export size {height}x{width} is not a positive multiple of the ViT's "

@@ -128,7 +128,7 @@ def test_a_difference_beyond_the_tolerance_exits_1(exported, checkpoint, repo_ro
 
 
 @pytest.mark.parametrize("case", ["no checkpoint", "detection config", "detector checkpoint",
-                                  "size off the patch grid"])
+                                  "size off the patch grid", "size beyond the slide window"])
 def test_bad_input_is_one_line(case, checkpoint, repo_root, tmp_path):
     config, ckpt, extra = str(repo_root / TINY), str(checkpoint), []
     if case == "no checkpoint":
@@ -143,9 +143,12 @@ def test_bad_input_is_one_line(case, checkpoint, repo_root, tmp_path):
                               "roi_heads.box_predictor.cls_score.weight": torch.zeros(4, 2)}},
                    ckpt)
         expected = f"error: checkpoint {ckpt} has no decode_head.* weights"
+    elif case == "size off the patch grid":
+        extra = ["--size", "64", "56"]
+        expected = "error: export size 64x56 is not a positive multiple of the ViT's 16x16"
     else:
-        extra = ["--size", "64", "72"]
-        expected = "error: export size 64x72 is not a positive multiple of the ViT's 16x16"
+        extra = ["--size", "64", "80"]
+        expected = "error: export size 64x80 is larger than the slide window (64, 64)"
     code, _, stderr = run_main(["seg", config, ckpt, str(tmp_path / "out.onnx"), *extra])
     lines = [line for line in stderr.strip().splitlines()]
     assert code == 2 and len(lines) == 1, stderr
