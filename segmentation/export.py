@@ -119,7 +119,7 @@ def prepare_input(rgb: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 def export_segmentor(model, example: np.ndarray, path) -> None:
     """Trace ``ExportableSegmentor(model)`` at ``example`` (``1x3xHxW``) into ``path``."""
     export_traced(ExportableSegmentor(model).eval(), (torch.from_numpy(example),), path,
-                  INPUT_NAMES, OUTPUT_NAMES)
+                  INPUT_NAMES, OUTPUT_NAMES, fold_constants=False)
 
 
 @torch.no_grad()

@@ -140,6 +140,8 @@ def main(argv=None) -> int:
         # torchvision's NMS wrappers call torch.jit.script (deprecated since torch 2.10) when
         # Detectron2 imports them: not the user's business, and it would drown the report
         warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+        # Detectron2 v0.6's anchor generator calls torch.meshgrid without indexing=
+        warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release")
         # MMSeg's notes on building its (unused here) losses: no news for an export either
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mmseg\.models\.")
         return export(args)

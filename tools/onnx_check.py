@@ -155,11 +155,15 @@ def exportable_adaptive_pooling():
 
 def export_traced(module, args: tuple, path: str | os.PathLike, input_names: List[str],
                   output_names: List[str], opset: int = OPSET,
-                  output_axes: Dict[str, Dict[int, str]] | None = None) -> None:
+                  output_axes: Dict[str, Dict[int, str]] | None = None,
+                  fold_constants: bool = True) -> None:
     """``torch.onnx.export`` of ``module(*args)`` at fixed input shapes (TorchScript tracer).
 
     ``output_axes`` names the data-dependent output dimensions (e.g. ``{"boxes": {0:
-    "detections"}}``); the inputs' shapes are fixed.
+    "detections"}}``); the inputs' shapes are fixed. ``fold_constants=False`` keeps what is
+    computed from weights alone as graph ops (onnxruntime folds them when it loads the file):
+    folded, BEiT's relative-position bias becomes one ``heads x N x N`` tensor per block, half
+    the file of a ViT-B UperNet.
     """
     import torch
 
@@ -167,7 +171,8 @@ def export_traced(module, args: tuple, path: str | os.PathLike, input_names: Lis
     with torch.no_grad(), quiet_tracing(), exportable_adaptive_pooling():
         torch.onnx.export(module, args, str(path), input_names=input_names,
                           output_names=output_names, opset_version=opset, dynamo=False,
-                          do_constant_folding=True, dynamic_axes=output_axes or None)
+                          do_constant_folding=fold_constants,
+                          dynamic_axes=output_axes or None)
 
 
 def write_checked_onnx(path: str | os.PathLike, export: Callable[[Path], None],

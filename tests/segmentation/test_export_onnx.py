@@ -61,6 +61,13 @@ def test_export_reports_the_logit_difference_and_names_the_io(exported):
     tolerance = float(report.split("(tolerance ")[1].split(")")[0])
     assert 0 <= logits <= tolerance
     assert "clearly different labels (pixels) 0 " in report
+    # the BEiT bias stays a table lookup in the graph, not one folded 4 x 17 x 17 tensor per
+    # block (at 512 px: 12 x 1025 x 1025 floats per block, half a ViT-B UperNet file)
+    import onnx
+
+    shapes = [list(t.dims) for t in onnx.load(str(path)).graph.initializer]
+    assert [1, 4, 17, 17] not in shapes and [4, 17, 17] not in shapes
+    assert shapes.count([(2 * 4 - 1) ** 2 + 3, 4]) == 4  # the four blocks' tables
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     # the config's slide crop (64x64): the input one sliding window gives the model
     assert [(i.name, i.type, i.shape) for i in sess.get_inputs()] == [
