@@ -23,9 +23,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 #: The ONNX opset of every export: 16 is the first whose ``RoiAlign`` has
 #: ``coordinate_transformation_mode=half_pixel`` (Detectron2's ``aligned=True``); 17 adds
@@ -114,7 +117,7 @@ def quiet_tracing():
         yield
 
 
-def _bins(size: int, out: int, like) -> "torch.Tensor":
+def _bins(size: int, out: int, like: torch.Tensor) -> torch.Tensor:
     """``(out, size)`` averaging matrix of adaptive pooling: row i averages the inputs
     ``floor(i * size / out)`` to ``ceil((i + 1) * size / out)``, PyTorch's bins. Built in numpy,
     so that a trace records one constant (in-place writes into a tensor would be traced ops)."""
