@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: tools/ modules that the library may import; every other tools/*.py is an entry-point script.
 TOOLS_SHARED = {"atomic", "checkpoints", "convert_checkpoint", "lr_decay", "stand_in",
                 "overrides", "divergence", "image_inputs", "synthetic_data", "annotated_sets",
-                "run_dir", "preemption"}
+                "run_dir", "preemption", "onnx_check"}
 TOOLS_SCRIPTS = {p.stem for p in (REPO / "tools").glob("*.py")} - TOOLS_SHARED - {"__init__"}
 #: package -> the top-level packages it must never import.
 FORBIDDEN = {
