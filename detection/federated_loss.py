@@ -102,14 +102,22 @@ def fed_loss_classes(gt_classes: torch.Tensor, num_fed_loss_classes: int, num_cl
                      weight: torch.Tensor) -> torch.Tensor:
     """The classes that get a loss: the unique ``gt_classes`` (background ``num_classes``
     included, if present) then, up to ``num_fed_loss_classes`` in all, foreground classes drawn
-    without replacement with probability proportional to ``weight`` (never a ground-truth one)."""
+    without replacement with probability proportional to ``weight`` (never a ground-truth one).
+
+    A data set with fewer classes than the quota (a custom or tiny LVIS-format set; LVIS has 1203)
+    keeps every class that can be drawn: Detectron2's ``torch.multinomial`` call would fail there
+    ("cannot sample n_sample > prob_dist.size(-1)"); with enough classes the draw is its draw."""
     unique = torch.unique(gt_classes)
     if len(unique) >= num_fed_loss_classes:
         return unique
     prob = weight.new_zeros(num_classes + 1, dtype=torch.float32)
     prob[:num_classes] = weight.float()
     prob[unique] = 0
-    sampled = torch.multinomial(prob, num_fed_loss_classes - len(unique), replacement=False)
+    drawable = int((prob > 0).sum())
+    wanted = num_fed_loss_classes - len(unique)
+    if wanted >= drawable:  # every class takes part: no draw
+        return torch.cat([unique, torch.nonzero(prob > 0).flatten()])
+    sampled = torch.multinomial(prob, wanted, replacement=False)
     return torch.cat([unique, sampled])
 
 

@@ -84,6 +84,20 @@ def test_no_class_is_drawn_when_the_ground_truth_already_fills_the_quota():
     assert loss.item() == pytest.approx(bce_by_hand(logits, GT, kept=[0, 2, 4]), rel=1e-5)
 
 
+def test_fewer_classes_than_the_quota_keep_every_drawable_class():
+    # 3 classes, quota 50 (ViTDet's): Detectron2's draw would raise; every class with a weight
+    # takes part, ground truth (background 3 included) first, and a zero-weight class never.
+    gt = torch.tensor([1, 3, 3, 3])
+    kept = fed_loss_classes(gt, 50, 3, torch.tensor([2.0, 1.0, 0.5]))
+    assert kept.tolist() == [1, 3, 0, 2]
+    kept = fed_loss_classes(gt, 50, 3, torch.tensor([0.0, 1.0, 0.5]))
+    assert kept.tolist() == [1, 3, 2]
+    # a quota the classes just fill is still a weighted draw without replacement
+    torch.manual_seed(0)
+    kept = fed_loss_classes(torch.tensor([1]), 3, 4, torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    assert len(kept) == 3 and len(set(kept.tolist())) == 3 and 1 in kept.tolist()
+
+
 def test_sigmoid_ce_without_federation_covers_every_class_and_box_loss_is_detectron2s():
     plain = FastRCNNOutputLayers(ShapeSpec(channels=IN), num_classes=K,
                                  box2box_transform=Box2BoxTransform(weights=(10, 10, 5, 5)))
