@@ -83,12 +83,13 @@ class DatasetError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ checks
-def _number(v) -> bool:
+def is_number(v) -> bool:
+    """A finite JSON number (not a bool): what a bbox, polygon, area or count must be."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _bbox_form_problem(bbox) -> Optional[str]:
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_number, bbox)):
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(is_number, bbox)):
         return f"bbox {bbox!r} is not [x, y, width, height] with 4 finite numbers"
     return None
 
@@ -117,12 +118,12 @@ def _segmentation_form_problem(segm, height: int, width: int) -> Optional[str]:
         return (f"segmentation of type {type(segm).__name__} is neither polygons (a list of "
                 f"[x1, y1, x2, y2, ...] lists) nor RLE (a dict with 'counts' and 'size')")
     for k, poly in enumerate(segm):
-        if not isinstance(poly, list) or not all(map(_number, poly)):
+        if not isinstance(poly, list) or not all(map(is_number, poly)):
             return f"polygon {k} is not a flat list of numbers"
     return None
 
 
-def _segmentation_problem(segm, height: int, width: int) -> Optional[str]:
+def segmentation_problem(segm, height: int, width: int) -> Optional[str]:
     problem = _segmentation_form_problem(segm, height, width)
     if problem or isinstance(segm, dict):
         return problem
@@ -148,7 +149,7 @@ def annotation_problem(ann: dict, image: dict, category_ids) -> Optional[str]:
     segm = ann.get("segmentation")
     if ann.get("iscrowd", 0) and segm is None:
         return None  # crowd regions are ignored in training; evaluation reads the json itself
-    return _segmentation_problem(segm, image["height"], image["width"])
+    return segmentation_problem(segm, image["height"], image["width"])
 
 
 # ----------------------------------------------------------------------------------- loading
@@ -176,7 +177,7 @@ def read_json(json_file: Path, hint: str = "") -> dict:
     return data
 
 
-def _detectron2_stop(ann: dict, image: dict, category_ids) -> Optional[str]:
+def detectron2_stop_reason(ann: dict, image: dict, category_ids) -> Optional[str]:
     """Why Detectron2 would stop on ``ann``, or None: its loader raises on an unknown category or
     an empty bbox; its data loader fails, later and with a traceback, on a missing bbox, one
     that is not 4 numbers (e.g. strings), an RLE mask of another size than the image, and a
@@ -209,7 +210,7 @@ class JsonRules:
 
     required_image_keys: Tuple[str, ...] = _REQUIRED_IMAGE_KEYS
     #: ``(ann, image, category_ids) -> problem``: where Detectron2's loader stops ("detectron2")
-    detectron2_stop: Callable = _detectron2_stop
+    detectron2_stop: Callable = detectron2_stop_reason
     #: ``(ann, image, category_ids) -> problem``: what cannot be trained on ("error" / "skip")
     annotation_problem: Callable = annotation_problem
     #: ``(data) -> problem``: format problems outside the annotations; stop in every mode
@@ -251,7 +252,7 @@ def validate_json(json_file: Path, on_invalid: str, missing_hint: str, scratch: 
         if missing:
             raise DatasetError(f"{json_file}: image entry {i} ({image_label(img)!r}) "
                                f"lacks {missing}")
-        if not all(_number(img[k]) and img[k] > 0 and float(img[k]).is_integer()
+        if not all(is_number(img[k]) and img[k] > 0 and float(img[k]).is_integer()
                    for k in ("height", "width")):
             raise DatasetError(f"{json_file}: image '{image_label(img)}' (id {img['id']}): "
                                f"height {img['height']!r} and width {img['width']!r} are not "

@@ -46,10 +46,10 @@ from detectron2.data.catalog import Metadata  # noqa: E402
 from detectron2.data.datasets.lvis import load_lvis_json  # noqa: E402
 
 from mae_transfer.detection.datasets import (DEFAULT_ON_INVALID, INVALID_MODES,  # noqa: E402
-                                             DatasetError, JsonRules, _detectron2_stop,
-                                             _number, _segmentation_problem,
-                                             annotation_problem, default_datasets_root,
-                                             finish_records, read_json, validate_json)
+                                             DatasetError, JsonRules, annotation_problem,
+                                             default_datasets_root, detectron2_stop_reason,
+                                             finish_records, is_number, read_json,
+                                             segmentation_problem, validate_json)
 
 logger = logging.getLogger("mae_transfer.detection")
 
@@ -106,10 +106,10 @@ def _lvis_problem(ann: dict, image: dict) -> Optional[str]:
     if isinstance(segm, dict):
         return ("segmentation is an RLE mask; LVIS masks are polygons (Detectron2's "
                 "load_lvis_json reads only polygons)")
-    problem = _segmentation_problem(segm, image["height"], image["width"])
+    problem = segmentation_problem(segm, image["height"], image["width"])
     if problem:
         return problem
-    if not _number(ann.get("area")) or ann["area"] < 0:
+    if not is_number(ann.get("area")) or ann["area"] < 0:
         return f"area {ann.get('area')!r} is not a number >= 0 (LVIS evaluation reads it)"
     return None
 
@@ -117,7 +117,7 @@ def _lvis_problem(ann: dict, image: dict) -> Optional[str]:
 def lvis_detectron2_stop(ann: dict, image: dict, category_ids) -> Optional[str]:
     """Where Detectron2 stops on an LVIS annotation ("detectron2" mode): COCO's stops, and
     every polygon problem (its LVIS loader asserts instead of dropping)."""
-    return _detectron2_stop(ann, image, category_ids) or _lvis_problem(ann, image)
+    return detectron2_stop_reason(ann, image, category_ids) or _lvis_problem(ann, image)
 
 
 def lvis_annotation_problem(ann: dict, image: dict, category_ids) -> Optional[str]:
@@ -141,7 +141,7 @@ def category_metadata(categories: List[dict],
     """
     cats = sorted(categories, key=lambda c: c["id"])
     counted = None
-    if any(not _number(c.get("image_count")) for c in cats):
+    if any(not is_number(c.get("image_count")) for c in cats):
         images = defaultdict(set)
         for image_id, category_id in annotations:
             images[category_id].add(image_id)
